@@ -1,0 +1,189 @@
+"""The resolved configuration of one run: plain, validated dataclasses.
+
+Everything downstream (data, model, runner, results) reads its parameters from
+these objects, never from literals, so a run is fully described by
+``RunConfig.to_dict()`` (which is what the HDF5 file stores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+IMPLEMENTATIONS = ("dense", "sparse_ops", "sparse_layer")
+DATASETS = ("randman",)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden: tuple[int, ...] = (128,)
+    alpha: float = 0.95  # membrane decay per step
+    threshold: float = 1.0
+    # theta2 = threshold2_fraction * threshold: neurons above it carry surrogate
+    # gradients in the sparse implementations; -inf makes every neuron a carrier.
+    threshold2_fraction: float = 0.9
+    input_scale: float = 10.0  # c in u <- alpha*u + (1-alpha)*c*I
+    beta: float = 10.0  # SuperSpike surrogate sharpness
+    weight_scale: float = 1.0  # w_mul: weights ~ U(+-w_mul*sqrt(6/fan_in))
+    max_activity: float = 0.05  # hidden capacity K = ceil(max_activity * n)
+    implementation: str = "auto"
+
+    def validate(self) -> None:
+        if not self.hidden or any(int(n) < 1 for n in self.hidden):
+            _fail("model.hidden", self.hidden, "a non-empty list of positive layer sizes")
+        _check_range("model.alpha", self.alpha, 0.0, 1.0, "in [0, 1)", hi_open=True)
+        _check_positive("model.threshold", self.threshold)
+        if not self.threshold2_fraction < 1.0:  # also rejects NaN and +inf
+            _fail("model.threshold2_fraction", self.threshold2_fraction, "below 1.0, or -inf")
+        _check_positive("model.input_scale", self.input_scale)
+        _check_positive("model.beta", self.beta)
+        _check_positive("model.weight_scale", self.weight_scale)
+        _check_range("model.max_activity", self.max_activity, 0.0, 1.0, "in (0, 1]", lo_open=True)
+        if self.implementation not in ("auto",) + IMPLEMENTATIONS:
+            _fail("model.implementation", self.implementation,
+                  "one of " + ", ".join(("auto",) + IMPLEMENTATIONS))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "randman"
+    time_steps: int = 50
+    # randman parameters (synthetic spike-timing task, Zenke & Vogels 2021)
+    channels: int = 100
+    classes: int = 10
+    manifold_dim: int = 1
+    smoothness: float = 2.0
+    train_samples_per_class: int = 160
+    test_samples_per_class: int = 40
+    spike_window: float = 0.8  # fraction of the time steps that carry input spikes
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            _fail("data.dataset", self.dataset, "one of " + ", ".join(DATASETS))
+        _check_min("data.time_steps", self.time_steps, 2)
+        _check_min("data.channels", self.channels, 1)
+        _check_min("data.classes", self.classes, 2)
+        _check_min("data.manifold_dim", self.manifold_dim, 1)
+        _check_positive("data.smoothness", self.smoothness)
+        _check_min("data.train_samples_per_class", self.train_samples_per_class, 1)
+        _check_min("data.test_samples_per_class", self.test_samples_per_class, 1)
+        _check_range("data.spike_window", self.spike_window, 0.0, 1.0, "in (0, 1]", lo_open=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check_min("train.epochs", self.epochs, 1)
+        _check_min("train.batch_size", self.batch_size, 1)
+        _check_positive("train.learning_rate", self.learning_rate)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"]["hidden"] = list(self.model.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "config") -> "RunConfig":
+        """Build from nested dicts; unknown keys are rejected with a did-you-mean."""
+        _reject_unknown(raw, {f.name for f in dataclasses.fields(cls)}, where)
+        parts = {}
+        for f in dataclasses.fields(cls):
+            sub_cls = type(getattr(cls(), f.name))
+            parts[f.name] = _section_from_dict(sub_cls, raw.get(f.name) or {}, f"{where}: {f.name}")
+        return cls(**parts).validate()
+
+    def replace(self, section: str, **changes: Any) -> "RunConfig":
+        new_section = dataclasses.replace(getattr(self, section), **changes)
+        return dataclasses.replace(self, **{section: new_section}).validate()
+
+
+def _section_from_dict(section_cls, raw: dict[str, Any], where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    _reject_unknown(raw, set(fields), where)
+    defaults = section_cls()
+    values = {}
+    for key, value in raw.items():
+        values[key] = _coerce(value, getattr(defaults, key), f"{where}.{key}")
+    return section_cls(**values)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    # Types follow the defaults: YAML gives ints for floats like "1" and lists
+    # for tuples; anything else is a user error worth naming.
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value.strip().lower() in ("-inf", "-.inf"):
+            return -math.inf
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, tuple):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+    raise ConfigError(
+        f"{where}: expected {type(default).__name__} like {default!r}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _reject_unknown(raw: dict[str, Any], known: set[str], where: str) -> None:
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}: invalid value {value!r}; expected {allowed}")
+
+
+def _check_min(key: str, value: int, lo: int) -> None:
+    if value < lo:
+        _fail(key, value, f"an integer >= {lo}")
+
+
+def _check_positive(key: str, value: float) -> None:
+    if not value > 0 or math.isinf(value):
+        _fail(key, value, "a positive finite number")
+
+
+def _check_range(key, value, lo, hi, text, lo_open=False, hi_open=False) -> None:
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi):
+        _fail(key, value, text)

@@ -1,0 +1,70 @@
+"""The dense baseline: plain TensorFlow ops, every neuron computed every step.
+
+Tuned to be the strongest dense version on a CPU (it is what every speed-up is
+measured against): the first layer's input currents for all time steps are
+one large matmul, the time loop is unrolled into one graph, and XLA is not
+used because on this model and CPU graph mode measured faster.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
+from snn_runner.neuron.lif import lif_step, make_spike_fn
+
+
+def frames_from_sparse(ids: tf.Tensor, count: tf.Tensor, n_in: int) -> tf.Tensor:
+    """Dense 0/1 frames [B, T, n_in] holding exactly the spikes of (ids, count)."""
+    shape = tf.shape(ids)
+    b, t, k = shape[0], shape[1], shape[2]
+    valid = tf.sequence_mask(count, k) & (ids >= 0)
+    rows = tf.reshape(tf.range(b * t), [b, t, 1]) * n_in
+    flat = tf.where(valid, rows + ids, b * t * n_in)  # invalid slots -> a spare bin
+    flat = tf.reshape(flat, [-1])
+    dense = tf.math.unsorted_segment_sum(tf.ones_like(flat, tf.float32), flat, b * t * n_in + 1)
+    return tf.reshape(dense[:-1], [b, t, n_in])
+
+
+def lif_sequence(current, alpha, threshold, input_scale, spike_fn):
+    """Run one layer's membranes over all steps of current [T, B, n]; spikes [T, B, n]."""
+    # unstack/stack (not slicing) so that the backward pass stacks per-step
+    # gradients instead of adding T mostly-zero [T, B, n] tensors.
+    steps = tf.unstack(current, axis=0)
+    u = tf.zeros_like(steps[0])
+    spikes = []
+    for c in steps:
+        u, s = lif_step(u, c, alpha, threshold, input_scale, spike_fn)
+        spikes.append(s)
+    return tf.stack(spikes, axis=0)
+
+
+def delay_one_step(x: tf.Tensor) -> tf.Tensor:
+    """Shift time-major [T, ...] one step later (step 0 gets zeros)."""
+    return tf.pad(x[:-1], [[1, 0]] + [[0, 0]] * (len(x.shape) - 1))
+
+
+class DenseModel:
+    name = "dense"
+
+    def __init__(self, spec: NetworkSpec, params: Parameters):
+        self.spec = spec
+        self.params = params
+        self.spike_fn = make_spike_fn(spec.beta)
+
+    def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
+        spec, p = self.spec, self.params
+        x = tf.transpose(frames_from_sparse(ids, count, spec.sizes[0]), [1, 0, 2])  # [T, B, n]
+        totals = []
+        # With the one-step delay between layers, layer l's whole input
+        # sequence is known once layer l-1 has run through all steps, so each
+        # layer's currents for all T steps are one large matmul, and only the
+        # cheap elementwise membrane update runs step by step.
+        for l in range(spec.layers):
+            if l > 0:
+                x = delay_one_step(x)
+            current = tf.einsum("tbn,nm->tbm", x, p.weights[l])
+            x = lif_sequence(current, p.alpha[l], p.threshold[l], spec.input_scale, self.spike_fn)
+            totals.append(tf.reduce_sum(x))
+        logits = tf.reduce_sum(x, axis=0)
+        return ModelOutput(logits, tf.stack(totals), tf.zeros([spec.layers], tf.int32))

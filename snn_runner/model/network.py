@@ -1,0 +1,78 @@
+"""What every implementation shares: the network's shape and its parameters."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from snn_runner.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Resolved network shape and neuron constants (all layers after the input)."""
+
+    sizes: tuple[int, ...]  # (n_in, n_1, ..., n_L)
+    capacities: tuple[int, ...]  # K per layer n_1..n_L (sparse implementations)
+    input_capacity: int  # K_in: input ids per time step
+    alpha: float
+    threshold: float
+    threshold2: float  # absolute second threshold (may be -inf)
+    input_scale: float
+    beta: float
+    weight_scale: float
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, n_in: int, n_out: int, input_capacity: int) -> "NetworkSpec":
+        sizes = (n_in, *cfg.hidden, n_out)
+        # The readout layer is small and every spike of it is a logit, so it
+        # always gets full capacity; hidden layers get ceil(max_activity * n).
+        caps = tuple(max(1, math.ceil(cfg.max_activity * n)) for n in cfg.hidden) + (n_out,)
+        return cls(
+            sizes=sizes,
+            capacities=caps,
+            input_capacity=int(input_capacity),
+            alpha=cfg.alpha,
+            threshold=cfg.threshold,
+            threshold2=cfg.threshold2_fraction * cfg.threshold,
+            input_scale=cfg.input_scale,
+            beta=cfg.beta,
+            weight_scale=cfg.weight_scale,
+        )
+
+    @property
+    def layers(self) -> int:
+        return len(self.sizes) - 1
+
+
+class Parameters:
+    """Trainable weights (stored transposed, [n_{l-1}, n_l]) and per-neuron constants.
+
+    The transposed layout lets the sparse kernels gather one contiguous row
+    per presynaptic spike; the dense implementation multiplies by it directly.
+    """
+
+    def __init__(self, spec: NetworkSpec, seed: int):
+        rng = np.random.default_rng(seed)
+        self.weights = []
+        for l, (n_pre, n_post) in enumerate(zip(spec.sizes[:-1], spec.sizes[1:])):
+            bound = spec.weight_scale * math.sqrt(6.0 / n_pre)
+            w = rng.uniform(-bound, bound, size=(n_pre, n_post)).astype(np.float32)
+            self.weights.append(tf.Variable(w, name=f"w{l + 1}"))
+        self.alpha = [tf.constant(np.full(n, spec.alpha, np.float32)) for n in spec.sizes[1:]]
+        self.threshold = [tf.constant(np.full(n, spec.threshold, np.float32)) for n in spec.sizes[1:]]
+        self.threshold2 = [tf.constant(np.full(n, spec.threshold2, np.float32)) for n in spec.sizes[1:]]
+
+    @property
+    def trainable(self) -> list[tf.Variable]:
+        return list(self.weights)
+
+
+class ModelOutput(NamedTuple):
+    logits: tf.Tensor  # [B, n_L] output spike counts over time
+    spikes: tf.Tensor  # [L] float: spikes emitted per layer, summed over batch and time
+    dropped: tf.Tensor  # [L] int32: spikes dropped for lack of capacity

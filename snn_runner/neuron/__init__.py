@@ -1,0 +1,1 @@
+"""Neuron dynamics, kept apart from the network implementations that use them."""

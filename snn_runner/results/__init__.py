@@ -1,0 +1,1 @@
+"""Result files (HDF5): writing, reading and validating them."""

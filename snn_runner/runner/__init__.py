@@ -1,0 +1,1 @@
+"""Runs: the training loop and the compiled step functions it drives."""

@@ -1,0 +1,43 @@
+"""Compiled train and evaluation steps shared by every implementation."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-sample softmax cross-entropy of summed output spikes against labels."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+
+
+class Steps:
+    """Holds the traced tf.functions for one model, optimizer and input shape."""
+
+    def __init__(self, model, params, optimizer, time_steps: int, capacity: int):
+        self.model = model
+        self.params = params
+        self.optimizer = optimizer
+        signature = (
+            tf.TensorSpec([None, time_steps, capacity], tf.int32),
+            tf.TensorSpec([None, time_steps], tf.int32),
+            tf.TensorSpec([None], tf.int64),
+        )
+        self.train = tf.function(self._train, input_signature=signature)
+        self.evaluate = tf.function(self._evaluate, input_signature=signature)
+
+    def _outputs(self, out, losses, labels):
+        correct = tf.reduce_sum(tf.cast(tf.argmax(out.logits, axis=1) == labels, tf.int32))
+        return tf.reduce_sum(losses), correct, out.spikes, out.dropped
+
+    def _train(self, ids, count, labels):
+        with tf.GradientTape() as tape:
+            out = self.model(ids, count)
+            losses = cross_entropy(labels, out.logits)
+            loss = tf.reduce_mean(losses)
+        grads = tape.gradient(loss, self.params.trainable)
+        self.optimizer.apply_gradients(zip(grads, self.params.trainable))
+        return self._outputs(out, losses, labels)
+
+    def _evaluate(self, ids, count, labels):
+        out = self.model(ids, count)
+        return self._outputs(out, cross_entropy(labels, out.logits), labels)

@@ -1,0 +1,39 @@
+"""Independent NumPy reference of the network equations (ARCHITECTURE section 2).
+
+Written step by step, as literally as possible, to check the TensorFlow
+implementations against.
+"""
+
+import numpy as np
+
+
+def surrogate(u, theta, beta):
+    return 1.0 / (beta * np.abs(u - theta) + 1.0) ** 2
+
+
+def lif_step(u, current, alpha, theta, c):
+    spiked_before = (u >= theta).astype(np.float32)
+    u = u - u * spiked_before
+    u = alpha * u + (1.0 - alpha) * c * current
+    return u, (u >= theta).astype(np.float32)
+
+
+def network_forward(frames, weights, alpha, theta, c):
+    """frames [B, T, n_in] 0/1; weights[l] is W^T [n_{l-1}, n_l].
+
+    Returns logits [B, n_L] and spikes per layer [L][B, T, n_l].
+    """
+    b, t_steps, _ = frames.shape
+    layers = len(weights)
+    u = [np.zeros((b, w.shape[1]), np.float32) for w in weights]
+    prev = [np.zeros((b, w.shape[1]), np.float32) for w in weights]
+    record = [np.zeros((b, t_steps, w.shape[1]), np.float32) for w in weights]
+    for t in range(t_steps):
+        new = []
+        for l in range(layers):
+            pre = frames[:, t] if l == 0 else prev[l - 1]  # one-step delay for l > 0
+            u[l], s = lif_step(u[l], pre @ weights[l], alpha, theta, c)
+            new.append(s)
+            record[l][:, t] = s
+        prev = new
+    return record[-1].sum(axis=1), record

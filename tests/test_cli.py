@@ -1,0 +1,49 @@
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from snn_runner.cli import cli
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "snn_runner.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_help_describes_every_train_option():
+    result = CliRunner().invoke(cli, ["train", "--help"])
+    assert result.exit_code == 0
+    for option in ("--dataset", "--implementation", "--epochs", "--batch-size", "--lr", "--hidden",
+                   "--time-steps", "--max-activity", "--seed", "--output"):
+        assert option in result.output
+    top = CliRunner().invoke(cli, ["--help"])
+    assert top.exit_code == 0 and "train" in top.output
+
+
+@pytest.mark.parametrize(
+    "args, option, allowed",
+    [
+        (["--epochs", "-1"], "--epochs", "x>=1"),
+        (["--dataset", "mnistt"], "--dataset", "randman"),
+        (["--implementation", "fast"], "--implementation", "sparse_layer"),
+        (["--hidden", "12,x"], "--hidden", "positive integers"),
+        (["--max-activity", "0"], "--max-activity", "0<x<=1"),
+    ],
+)
+def test_bad_option_values_exit_nonzero_and_write_nothing(tmp_path, args, option, allowed):
+    result = run_cli("train", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and option in error[0] and allowed in error[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_from_cli_prints_accuracy_and_path(tmp_path):
+    result = run_cli("train", "--implementation", "dense", "--epochs", "1", "--hidden", "32",
+                     "--time-steps", "20", "-o", "r.h5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" in result.stdout
+    assert "result: r.h5" in result.stdout and "final test accuracy:" in result.stdout
+    assert (tmp_path / "r.h5").is_file()
