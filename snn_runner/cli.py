@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from snn_runner.bench.presets import PRESETS
 from snn_runner.config import DATASETS, IMPLEMENTATIONS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 # TensorFlow's C++ start-up chatter drowns the progress lines in batch logs.
@@ -96,6 +97,47 @@ def train(dataset, implementation, epochs, batch_size, learning_rate, hidden, ti
         raise click.ClickException(str(err)) from None
     log(f"result: {summary.path}")
     log(f"final test accuracy: {summary.test_accuracy:.4f}")
+
+
+@cli.command()
+@click.option("--network", type=click.Choice(sorted(PRESETS)), default="nmnist-base", show_default=True,
+              help="Benchmark network preset (nmnist-base: [1156, 1470, 1460, 10], T=100, batch 48, "
+                   "32 input events per step).")
+@click.option("--implementation", "implementations", type=click.Choice(IMPLEMENTATIONS), multiple=True,
+              help="Implementation to time; repeat for several  [default: all available]")
+@click.option("--max-activity", "activities", type=click.FloatRange(min=0, max=1, min_open=True), multiple=True,
+              help="Hidden capacity fraction; repeat for several  [default: 0.01 0.02 0.05 0.1]")
+@click.option("--steps", type=click.IntRange(min=5), default=5, show_default=True,
+              help="Timed training (and forward) steps per case; the median is reported.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed steps after the first (compiling) step.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write one JSON record per (implementation, max_activity) to this file.")
+def bench(network, implementations, activities, steps, warmup, json_path):
+    """Time training steps of dense, sparse_ops and sparse_layer side by side.
+
+    Each case runs in a fresh process (so peak memory is its own) within one
+    invocation, and every speed-up is against the dense step measured in the
+    same run. Compile time (the first step) is reported apart.
+    """
+    from snn_runner.bench.suite import format_table, run_suite, write_json
+    from snn_runner.sparse import library
+
+    implementations = list(implementations) or (
+        list(IMPLEMENTATIONS) if library.available() else ["dense"])
+    if not library.available() and any(i != "dense" for i in implementations):
+        raise click.ClickException(f"the sparse implementations need the compiled ops at {library.library_path()}; "
+                                   "build them with scripts/build-ops (./run does it on first use)")
+    activities = list(activities) or [0.01, 0.02, 0.05, 0.1]
+    try:
+        records = run_suite(network, implementations, activities, steps, warmup, log)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
+    log("")
+    log(format_table(records))
+    if json_path:
+        write_json(records, json_path)
+        log(f"json: {json_path}")
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IMPLEMENTATIONS = ("dense", "sparse_ops", "sparse_layer")
-DATASETS = ("randman",)
+DATASETS = ("randman", "nmnist", "shd", "dvsgesture")
 
 
 class ConfigError(ValueError):
@@ -55,6 +55,15 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "randman"
     time_steps: int = 50
+    # event datasets (read through tonic from data_dir)
+    data_dir: str = ""  # empty: $SNN_RUNNER_DATA_DIR
+    cache_dir: str = ""  # empty: $SNN_RUNNER_CACHE_DIR, else <data_dir>/.snn-cache
+    dt_ms: float = 1.0  # width of one time bin
+    input_capacity: int = 0  # K_in ids per bin; 0: the busiest bin of the data
+    denoise_ms: float = 0.0  # tonic Denoise filter time; 0: off
+    downsample: float = 1.0  # spatial downsampling factor (tonic Downsample); 1: off
+    validation_fraction: float = 0.0  # carved reproducibly from train when > 0
+    max_samples: int = 0  # per split, for quick runs; 0: all
     # randman parameters (synthetic spike-timing task, Zenke & Vogels 2021)
     channels: int = 100
     classes: int = 10
@@ -69,6 +78,13 @@ class DataConfig:
         if self.dataset not in DATASETS:
             _fail("data.dataset", self.dataset, "one of " + ", ".join(DATASETS))
         _check_min("data.time_steps", self.time_steps, 2)
+        _check_positive("data.dt_ms", self.dt_ms)
+        _check_min("data.input_capacity", self.input_capacity, 0)
+        _check_min("data.max_samples", self.max_samples, 0)
+        if self.denoise_ms < 0:
+            _fail("data.denoise_ms", self.denoise_ms, "0 (off) or a positive filter time in ms")
+        _check_range("data.downsample", self.downsample, 0.0, 1.0, "in (0, 1]", lo_open=True)
+        _check_range("data.validation_fraction", self.validation_fraction, 0.0, 1.0, "in [0, 1)", hi_open=True)
         _check_min("data.channels", self.channels, 1)
         _check_min("data.classes", self.classes, 2)
         _check_min("data.manifold_dim", self.manifold_dim, 1)

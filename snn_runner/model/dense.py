@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
-from snn_runner.neuron.lif import lif_step, make_spike_fn
+from snn_runner.neuron.lif import make_spike_fn, membrane_sequence
 
 
 def frames_from_sparse(ids: tf.Tensor, count: tf.Tensor, n_in: int) -> tf.Tensor:
@@ -24,19 +24,6 @@ def frames_from_sparse(ids: tf.Tensor, count: tf.Tensor, n_in: int) -> tf.Tensor
     flat = tf.reshape(flat, [-1])
     dense = tf.math.unsorted_segment_sum(tf.ones_like(flat, tf.float32), flat, b * t * n_in + 1)
     return tf.reshape(dense[:-1], [b, t, n_in])
-
-
-def lif_sequence(current, alpha, threshold, input_scale, spike_fn):
-    """Run one layer's membranes over all steps of current [T, B, n]; spikes [T, B, n]."""
-    # unstack/stack (not slicing) so that the backward pass stacks per-step
-    # gradients instead of adding T mostly-zero [T, B, n] tensors.
-    steps = tf.unstack(current, axis=0)
-    u = tf.zeros_like(steps[0])
-    spikes = []
-    for c in steps:
-        u, s = lif_step(u, c, alpha, threshold, input_scale, spike_fn)
-        spikes.append(s)
-    return tf.stack(spikes, axis=0)
 
 
 def delay_one_step(x: tf.Tensor) -> tf.Tensor:
@@ -59,12 +46,13 @@ class DenseModel:
         # With the one-step delay between layers, layer l's whole input
         # sequence is known once layer l-1 has run through all steps, so each
         # layer's currents for all T steps are one large matmul, and only the
-        # cheap elementwise membrane update runs step by step.
+        # cheap elementwise reset-and-integrate runs step by step.
         for l in range(spec.layers):
             if l > 0:
                 x = delay_one_step(x)
             current = tf.einsum("tbn,nm->tbm", x, p.weights[l])
-            x = lif_sequence(current, p.alpha[l], p.threshold[l], spec.input_scale, self.spike_fn)
+            u = membrane_sequence(current, p.alpha[l], p.threshold[l], spec.input_scale)
+            x = self.spike_fn(u - p.threshold[l])
             totals.append(tf.reduce_sum(x))
         logits = tf.reduce_sum(x, axis=0)
         return ModelOutput(logits, tf.stack(totals), tf.zeros([spec.layers], tf.int32))

@@ -35,8 +35,29 @@ def make_spike_fn(beta: float):
     return spike
 
 
+def reset(u: tf.Tensor, threshold) -> tf.Tensor:
+    """Neurons at or above threshold restart from zero; no gradient through the reset."""
+    return u - tf.stop_gradient(u * heaviside(u - threshold))
+
+
 def lif_step(u, current, alpha, threshold, input_scale, spike_fn):
     """Advance membranes u by one step given input current; returns (u, s)."""
-    u = u - tf.stop_gradient(u * heaviside(u - threshold))
-    u = alpha * u + (1.0 - alpha) * input_scale * current
+    u = alpha * reset(u, threshold) + (1.0 - alpha) * input_scale * current
     return u, spike_fn(u - threshold)
+
+
+def membrane_sequence(current: tf.Tensor, alpha, threshold, input_scale) -> tf.Tensor:
+    """Membranes after integration at every step, for time-major current [T, B, n].
+
+    Only reset-and-integrate is inherently sequential; firing (and its
+    surrogate) is applied by the caller to all steps at once. unstack/stack
+    rather than slicing keeps the backward pass from summing T mostly-zero
+    [T, B, n] gradients.
+    """
+    drive = tf.unstack((1.0 - alpha) * input_scale * current, axis=0)
+    u = tf.zeros_like(drive[0])
+    out = []
+    for d in drive:
+        u = alpha * reset(u, threshold) + d
+        out.append(u)
+    return tf.stack(out, axis=0)

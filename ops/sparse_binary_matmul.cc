@@ -1,0 +1,472 @@
+// SnnSparseBinaryMatmul: y = (sparse spike vector) x (transposed weights),
+// and its gradient op.
+//
+// Weights are stored [n_in, n_out] so that the contribution of presynaptic
+// neuron j is one contiguous row; every loop below is organised around
+// streaming such rows rather than strided columns.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace tensorflow {
+namespace {
+
+using shape_inference::DimensionHandle;
+using shape_inference::InferenceContext;
+using shape_inference::ShapeHandle;
+
+// Rank/shape agreement shared by the forward and gradient shape functions.
+// On success *batch is the merged batch dimension and *slots the merged
+// [B, K] shape of ids/values.
+absl::Status SpikeInputShapes(InferenceContext* c, ShapeHandle* weights,
+                              ShapeHandle* slots, DimensionHandle* batch) {
+  ShapeHandle ids, count, values;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, weights));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &ids));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &count));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &values));
+  TF_RETURN_IF_ERROR(c->Merge(ids, values, slots));
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(*slots, 0), c->Dim(count, 0), batch));
+  return absl::OkStatus();
+}
+
+REGISTER_OP("SnnSparseBinaryMatmul")
+    .Input("weights: float")
+    .Input("ids: int32")
+    .Input("count: int32")
+    .Input("values: float")
+    .Output("y: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle weights, slots;
+      DimensionHandle batch;
+      TF_RETURN_IF_ERROR(SpikeInputShapes(c, &weights, &slots, &batch));
+      c->set_output(0, c->Matrix(batch, c->Dim(weights, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+y[b, :] = sum_{k < count[b]} values[b, k] * weights[ids[b, k], :].
+
+weights: [n_in, n_out], row j holds the outgoing weights of neuron j.
+ids: [B, K] spiking neuron ids in the first count[b] slots, then gradient
+  carriers (ids >= 0, ignored here) and padding (-1).
+count: [B] number of spikes per batch row, 0 <= count <= K.
+values: [B, K] spike values (1.0 for real spikes); carried so that autodiff
+  can deliver d(loss)/d(slot) to the op that selected the spikes.
+)doc");
+
+REGISTER_OP("SnnSparseBinaryMatmulGrad")
+    .Input("weights: float")
+    .Input("ids: int32")
+    .Input("count: int32")
+    .Input("values: float")
+    .Input("grad_y: float")
+    .Output("grad_weights: float")
+    .Output("grad_values: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle weights, slots, grad_y;
+      DimensionHandle batch;
+      TF_RETURN_IF_ERROR(SpikeInputShapes(c, &weights, &slots, &batch));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &grad_y));
+      TF_RETURN_IF_ERROR(
+          c->Merge(grad_y, c->Matrix(batch, c->Dim(weights, 1)), &grad_y));
+      DimensionHandle n_out;
+      TF_RETURN_IF_ERROR(
+          c->Merge(c->Dim(weights, 1), c->Dim(grad_y, 1), &n_out));
+      c->set_output(0, c->Matrix(c->Dim(weights, 0), n_out));
+      c->set_output(1, c->Matrix(batch, c->Dim(slots, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Gradient of SnnSparseBinaryMatmul.
+
+grad_weights[ids[b, k], :] += values[b, k] * grad_y[b, :] for k < count[b]
+  (all other rows are zero).
+grad_values[b, k] = dot(weights[ids[b, k], :], grad_y[b, :]) for every slot
+  whose id >= 0, including carriers beyond count[b]; 0 for padding.
+)doc");
+
+// Everything a kernel needs after validation, as raw pointers so that the
+// sharded lambdas capture a single reference (keeps std::function inside its
+// small-object buffer, i.e. no heap allocation per call).
+struct SpikeView {
+  const float* weights;
+  const int32* ids;
+  const int32* count;
+  const float* values;
+  int64_t n_in;
+  int64_t n_out;
+  int64_t batch;
+  int64_t slots;
+  int64_t total_spikes;
+};
+
+absl::Status ValidateSpikeInputs(const Tensor& weights, const Tensor& ids,
+                                 const Tensor& count, const Tensor& values,
+                                 SpikeView* view) {
+  if (weights.dims() != 2) {
+    return errors::InvalidArgument(
+        "weights must be a matrix [n_in, n_out], got shape ",
+        weights.shape().DebugString());
+  }
+  if (ids.dims() != 2) {
+    return errors::InvalidArgument("ids must be a matrix [B, K], got shape ",
+                                   ids.shape().DebugString());
+  }
+  if (count.dims() != 1) {
+    return errors::InvalidArgument("count must be a vector [B], got shape ",
+                                   count.shape().DebugString());
+  }
+  if (values.shape() != ids.shape()) {
+    return errors::InvalidArgument("values shape ",
+                                   values.shape().DebugString(),
+                                   " must equal ids shape ",
+                                   ids.shape().DebugString());
+  }
+  if (count.dim_size(0) != ids.dim_size(0)) {
+    return errors::InvalidArgument("count has ", count.dim_size(0),
+                                   " entries but ids has batch size ",
+                                   ids.dim_size(0));
+  }
+  view->weights = weights.flat<float>().data();
+  view->ids = ids.flat<int32>().data();
+  view->count = count.flat<int32>().data();
+  view->values = values.flat<float>().data();
+  view->n_in = weights.dim_size(0);
+  view->n_out = weights.dim_size(1);
+  view->batch = ids.dim_size(0);
+  view->slots = ids.dim_size(1);
+
+  // One serial pass over B*K int32s: cheap next to the row traffic, and it
+  // lets the hot loops below index rows without any checks.
+  int64_t total = 0;
+  for (int64_t b = 0; b < view->batch; ++b) {
+    const int64_t cnt = view->count[b];
+    if (cnt < 0 || cnt > view->slots) {
+      return errors::InvalidArgument("count[", b, "] = ", cnt,
+                                     " is outside [0, K] with K = ",
+                                     view->slots);
+    }
+    total += cnt;
+    const int32* row = view->ids + b * view->slots;
+    for (int64_t k = 0; k < view->slots; ++k) {
+      const int64_t id = row[k];
+      if (k < cnt) {
+        if (id < 0 || id >= view->n_in) {
+          return errors::InvalidArgument(
+              "ids[", b, ", ", k, "] = ", id,
+              " is a spike slot (k < count) and must be in [0, n_in) with "
+              "n_in = ",
+              view->n_in);
+        }
+      } else if (id < -1 || id >= view->n_in) {
+        return errors::InvalidArgument(
+            "ids[", b, ", ", k, "] = ", id,
+            " is a carrier/padding slot (k >= count) and must be in "
+            "[-1, n_in) with n_in = ",
+            view->n_in);
+      }
+    }
+  }
+  view->total_spikes = total;
+  return absl::OkStatus();
+}
+
+// y[0:n] += sum of four scaled rows. Folding four rows into one pass quarters
+// the load/store traffic on y compared with four separate axpys.
+inline void AddScaledRows4(float* __restrict y, const float* __restrict r0,
+                           const float* __restrict r1,
+                           const float* __restrict r2,
+                           const float* __restrict r3, float v0, float v1,
+                           float v2, float v3, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    y[j] += v0 * r0[j] + v1 * r1[j] + v2 * r2[j] + v3 * r3[j];
+  }
+}
+
+inline void AddScaledRow(float* __restrict y, const float* __restrict r,
+                         float v, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) y[j] += v * r[j];
+}
+
+// Float reductions are not reassociated by the compiler without -ffast-math,
+// so independent partial sums are spelled out to let it vectorise; four
+// rows share each load of `b`, and the 4 x 16 accumulators are independent
+// chains, which hides the add latency.
+constexpr int kLanes = 16;
+
+inline float Reduce(const float* acc) {
+  float s[kLanes / 2];
+  for (int i = 0; i < kLanes / 2; ++i) s[i] = acc[i] + acc[i + kLanes / 2];
+  for (int i = 0; i < kLanes / 4; ++i) s[i] += s[i + kLanes / 4];
+  return (s[0] + s[2]) + (s[1] + s[3]);
+}
+
+inline float Dot(const float* __restrict a, const float* __restrict b,
+                 int64_t n) {
+  constexpr int kChains = 4;
+  float acc[kChains][kLanes] = {};
+  int64_t j = 0;
+  for (; j + kChains * kLanes <= n; j += kChains * kLanes) {
+    for (int c = 0; c < kChains; ++c) {
+      for (int l = 0; l < kLanes; ++l) {
+        acc[c][l] += a[j + c * kLanes + l] * b[j + c * kLanes + l];
+      }
+    }
+  }
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[0][l] += a[j + l] * b[j + l];
+  }
+  float tail = 0.f;
+  for (; j < n; ++j) tail += a[j] * b[j];
+  for (int l = 0; l < kLanes; ++l) {
+    acc[0][l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+  }
+  return Reduce(acc[0]) + tail;
+}
+
+inline void Dot4(const float* __restrict a0, const float* __restrict a1,
+                 const float* __restrict a2, const float* __restrict a3,
+                 const float* __restrict b, int64_t n, float out[4]) {
+  float acc0[kLanes] = {0.f}, acc1[kLanes] = {0.f}, acc2[kLanes] = {0.f},
+        acc3[kLanes] = {0.f};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float x = b[j + l];
+      acc0[l] += a0[j + l] * x;
+      acc1[l] += a1[j + l] * x;
+      acc2[l] += a2[j + l] * x;
+      acc3[l] += a3[j + l] * x;
+    }
+  }
+  float t0 = 0.f, t1 = 0.f, t2 = 0.f, t3 = 0.f;
+  for (; j < n; ++j) {
+    t0 += a0[j] * b[j];
+    t1 += a1[j] * b[j];
+    t2 += a2[j] * b[j];
+    t3 += a3[j] * b[j];
+  }
+  out[0] = Reduce(acc0) + t0;
+  out[1] = Reduce(acc1) + t1;
+  out[2] = Reduce(acc2) + t2;
+  out[3] = Reduce(acc3) + t3;
+}
+
+#ifndef SNN_MIN_PARALLEL_CYCLES
+#define SNN_MIN_PARALLEL_CYCLES 450000
+#endif
+// Handing work to pool threads costs tens of microseconds when the host is
+// virtualised or busy, which is more than a whole small call; work estimated
+// below this many cycles therefore stays on the calling thread.
+constexpr int64_t kMinParallelCycles = SNN_MIN_PARALLEL_CYCLES;
+
+template <typename Fn>
+void ShardWork(OpKernelContext* ctx, int64_t total, int64_t cycles_per_unit,
+               const Fn& fn) {
+  if (total <= 1 || total * cycles_per_unit < kMinParallelCycles) {
+    fn(0, total);
+    return;
+  }
+  const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+  Shard(threads->num_threads, threads->workers, total, cycles_per_unit, fn);
+}
+
+class SparseBinaryMatmulOp : public OpKernel {
+ public:
+  explicit SparseBinaryMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    SpikeView v;
+    OP_REQUIRES_OK(ctx, ValidateSpikeInputs(ctx->input(0), ctx->input(1),
+                                            ctx->input(2), ctx->input(3), &v));
+    Tensor* y_tensor = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({v.batch, v.n_out}), &y_tensor));
+    if (v.batch == 0 || v.n_out == 0) return;
+    float* y = y_tensor->flat<float>().data();
+
+    auto work = [&v, y](int64_t begin, int64_t end) {
+      const int64_t n = v.n_out;
+      for (int64_t b = begin; b < end; ++b) {
+        float* yb = y + b * n;
+        std::memset(yb, 0, sizeof(float) * n);
+        const int32* ids = v.ids + b * v.slots;
+        const float* vals = v.values + b * v.slots;
+        const int64_t cnt = v.count[b];
+        int64_t k = 0;
+        for (; k + 4 <= cnt; k += 4) {
+          AddScaledRows4(yb, v.weights + ids[k] * n, v.weights + ids[k + 1] * n,
+                         v.weights + ids[k + 2] * n,
+                         v.weights + ids[k + 3] * n, vals[k], vals[k + 1],
+                         vals[k + 2], vals[k + 3], n);
+        }
+        for (; k < cnt; ++k) {
+          AddScaledRow(yb, v.weights + int64_t{ids[k]} * n, vals[k], n);
+        }
+      }
+    };
+    // Per batch row (measured): ~1/5 cycle per element of each gathered row.
+    const int64_t avg_spikes = v.total_spikes / v.batch;
+    ShardWork(ctx, v.batch, v.n_out * (avg_spikes + 1) / 5 + 1, work);
+  }
+};
+
+class SparseBinaryMatmulGradOp : public OpKernel {
+ public:
+  explicit SparseBinaryMatmulGradOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    SpikeView v;
+    OP_REQUIRES_OK(ctx, ValidateSpikeInputs(ctx->input(0), ctx->input(1),
+                                            ctx->input(2), ctx->input(3), &v));
+    const Tensor& grad_y_tensor = ctx->input(4);
+    OP_REQUIRES(ctx,
+                grad_y_tensor.dims() == 2 &&
+                    grad_y_tensor.dim_size(0) == v.batch &&
+                    grad_y_tensor.dim_size(1) == v.n_out,
+                errors::InvalidArgument(
+                    "grad_y must have shape [B, n_out] = [", v.batch, ", ",
+                    v.n_out, "], got ", grad_y_tensor.shape().DebugString()));
+
+    Tensor* grad_w_tensor = nullptr;
+    Tensor* grad_v_tensor = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({v.n_in, v.n_out}),
+                                             &grad_w_tensor));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({v.batch, v.slots}),
+                                             &grad_v_tensor));
+    const float* grad_y = grad_y_tensor.flat<float>().data();
+    float* grad_w = grad_w_tensor->flat<float>().data();
+    float* grad_v = grad_v_tensor->flat<float>().data();
+    const int64_t n_slots = v.batch * v.slots;
+    OP_REQUIRES(ctx, n_slots <= std::numeric_limits<int32>::max(),
+                errors::InvalidArgument("B*K = ", n_slots, " is too large"));
+
+    // Invert the slot -> row map (a counting sort by id). Both outputs are
+    // then produced row by row: each weight row is read once and each
+    // grad_weights row written once while it is in L1, instead of one
+    // gather and one read-modify-write of a 4*n_out-byte row per slot (at
+    // K ~ 150 the slots name every row several times). Row ownership also
+    // makes the threads race-free without splitting rows into columns.
+    // The buffers belong to the calling thread and only ever grow, so a
+    // steady training loop does no allocation here.
+    thread_local std::vector<int32> row_start, slot_of;
+    thread_local std::vector<float> staged;
+    row_start.assign(v.n_in + 1, 0);
+    if (slot_of.size() < static_cast<size_t>(n_slots)) {
+      slot_of.resize(n_slots);
+      staged.resize(n_slots);
+    }
+    for (int64_t s = 0; s < n_slots; ++s) {
+      const int32 id = v.ids[s];
+      if (id >= 0) {
+        ++row_start[id + 1];
+      } else {
+        grad_v[s] = 0.f;  // padding
+      }
+    }
+    for (int64_t r = 0; r < v.n_in; ++r) row_start[r + 1] += row_start[r];
+    // row_start[r] is used as the fill cursor of row r and ends up at the
+    // start of row r + 1; the shift below restores the starts. Slots are
+    // visited in (b, k) order, which fixes the summation order.
+    for (int64_t s = 0; s < n_slots; ++s) {
+      const int32 id = v.ids[s];
+      if (id >= 0) slot_of[row_start[id]++] = static_cast<int32>(s);
+    }
+    for (int64_t r = v.n_in; r > 0; --r) row_start[r] = row_start[r - 1];
+    row_start[0] = 0;
+
+    // Bundled so that the sharded lambda captures one reference (keeps
+    // std::function free of heap allocation).
+    struct {
+      const SpikeView* v;
+      const float* grad_y;
+      float* grad_w;
+      float* grad_v;
+      const int32* row_start;
+      const int32* slot_of;
+      float* staged;
+    } io{&v,
+         grad_y,
+         grad_w,
+         grad_v,
+         row_start.data(),
+         slot_of.data(),
+         staged.data()};
+
+    auto rows_work = [&io](int64_t begin, int64_t end) {
+      const SpikeView& v = *io.v;
+      const int64_t n = v.n_out;
+      for (int64_t r = begin; r < end; ++r) {
+        const float* w_row = v.weights + r * n;
+        float* gw_row = io.grad_w + r * n;
+        const int32* slot = io.slot_of + io.row_start[r];
+        float* dots = io.staged + io.row_start[r];
+        const int64_t m = io.row_start[r + 1] - io.row_start[r];
+
+        // grad_weights[r] = sum over spike slots naming r of value * grad_y[b]
+        // (carriers are excluded: they did not contribute to y).
+        std::memset(gw_row, 0, sizeof(float) * n);
+        const float* gy[4];
+        float val[4];
+        int pending = 0;
+        for (int64_t e = 0; e < m; ++e) {
+          const int64_t s = slot[e];
+          const int64_t b = s / v.slots;
+          if (s - b * v.slots >= v.count[b]) continue;
+          gy[pending] = io.grad_y + b * n;
+          val[pending++] = v.values[s];
+          if (pending == 4) {
+            AddScaledRows4(gw_row, gy[0], gy[1], gy[2], gy[3], val[0], val[1],
+                           val[2], val[3], n);
+            pending = 0;
+          }
+        }
+        for (int i = 0; i < pending; ++i) AddScaledRow(gw_row, gy[i], val[i], n);
+
+        // grad_values[s] = w[r] . grad_y[b] for every slot naming r,
+        // spikes and carriers alike. Results go to a buffer in row order:
+        // written straight into grad_values, neighbouring slots would belong
+        // to different threads and the cache lines would ping-pong.
+        int64_t e = 0;
+        for (; e + 4 <= m; e += 4) {
+          float out[4];
+          Dot4(io.grad_y + (slot[e] / v.slots) * n,
+               io.grad_y + (slot[e + 1] / v.slots) * n,
+               io.grad_y + (slot[e + 2] / v.slots) * n,
+               io.grad_y + (slot[e + 3] / v.slots) * n, w_row, n, out);
+          for (int i = 0; i < 4; ++i) dots[e + i] = out[i];
+        }
+        for (; e < m; ++e) {
+          dots[e] = Dot(io.grad_y + (slot[e] / v.slots) * n, w_row, n);
+        }
+      }
+    };
+    if (v.n_in == 0) return;
+    // Per weight row (measured): ~1/4 cycle per element to write the row
+    // out, ~2/5 cycle per element for each slot's axpy + dot.
+    ShardWork(ctx, v.n_in,
+              v.n_out * (5 * v.n_in + 8 * n_slots) / (20 * v.n_in) + 1,
+              rows_work);
+    const int64_t n_entries = row_start[v.n_in];
+    for (int64_t e = 0; e < n_entries; ++e) grad_v[slot_of[e]] = staged[e];
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("SnnSparseBinaryMatmul").Device(DEVICE_CPU),
+                        SparseBinaryMatmulOp);
+REGISTER_KERNEL_BUILDER(Name("SnnSparseBinaryMatmulGrad").Device(DEVICE_CPU),
+                        SparseBinaryMatmulGradOp);
+
+}  // namespace
+}  // namespace tensorflow

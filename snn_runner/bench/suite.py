@@ -1,0 +1,99 @@
+"""Run benchmark cases side by side, each in a fresh process, and report them.
+
+A fresh process per case gives each its own peak-memory figure and keeps one
+implementation's graphs and caches from slowing the next; all cases still run
+in one invocation on one machine, so their ratios are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+from typing import Callable
+
+from snn_runner.bench.measure import measure_case
+from snn_runner.bench.presets import PRESETS
+
+
+def _child(conn, args) -> None:
+    try:
+        conn.send(("ok", measure_case(*args).to_dict()))
+    except BaseException as exc:  # report any failure to the parent instead of dying silently
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def run_case_isolated(args: tuple) -> dict:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, args))
+    proc.start()
+    child.close()
+    try:
+        status, payload = parent.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"benchmark process for {args[2]} died with exit code {proc.exitcode}") from None
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"benchmark {args[2]} at max_activity {args[3]} failed: {payload}")
+    return payload
+
+
+def run_suite(network: str, implementations: list[str], activities: list[float], steps: int, warmup: int,
+              log: Callable[[str], None]) -> list[dict]:
+    net = PRESETS[network]
+    log(f"bench: {network} {list(net.sizes)} T={net.time_steps} batch={net.batch_size} "
+        f"input events/step={net.input_events}; {steps} timed steps after {warmup} warm-up")
+    dense = None
+    records = []
+    if "dense" in implementations:
+        # dense does not depend on max_activity: measure it once, report it per activity
+        dense = run_case_isolated((network, net, "dense", activities[0], steps, warmup))
+        log(_line(dense, None))
+    for activity in activities:
+        if dense is not None:
+            records.append({**dense, "max_activity": activity, "speedup_vs_dense": 1.0})
+        for impl in implementations:
+            if impl == "dense":
+                continue
+            rec = run_case_isolated((network, net, impl, activity, steps, warmup))
+            rec["speedup_vs_dense"] = dense["step_ms_median"] / rec["step_ms_median"] if dense else None
+            rec["forward_speedup_vs_dense"] = (
+                dense["forward_ms_median"] / rec["forward_ms_median"] if dense else None)
+            log(_line(rec, dense))
+            records.append(rec)
+    return records
+
+
+def _line(rec: dict, dense: dict | None) -> str:
+    rates = "/".join(f"{100 * r:.2f}" for r in rec["spike_rate_per_layer"])
+    drops = "/".join(f"{d:.0f}" for d in rec["dropped_spikes"])
+    speed = f"  x{rec['speedup_vs_dense']:.2f}" if dense else ""
+    act = "-" if rec["implementation"] == "dense" else f"{rec['max_activity']:.2f}"
+    return (f"  {rec['implementation']:<13} act {act:>4}  step {rec['step_ms_median']:8.1f} ms"
+            f"  fwd {rec['forward_ms_median']:7.1f} ms{speed}  rate% {rates}  dropped/step {drops}"
+            f"  rss {rec['peak_rss_mb']:.0f} MB  compile {rec['compile_s']:.1f} s")
+
+
+def format_table(records: list[dict]) -> str:
+    head = ("| implementation | max_activity | step ms (median) | forward ms | speed-up vs dense (step) "
+            "| spike rate % per layer | dropped/step per layer | peak RSS MB |")
+    rows = [head, "|" + "---|" * 8]
+    for r in records:
+        speed = r.get("speedup_vs_dense")
+        rows.append(
+            f"| {r['implementation']} | {r['max_activity']:.2f} | {r['step_ms_median']:.1f} "
+            f"| {r['forward_ms_median']:.1f} | {'' if speed is None else f'{speed:.2f}x'} "
+            f"| {' / '.join(f'{100 * x:.2f}' for x in r['spike_rate_per_layer'])} "
+            f"| {' / '.join(f'{x:.0f}' for x in r['dropped_spikes'])} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(rows)
+
+
+def write_json(records: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(path)

@@ -1,0 +1,83 @@
+"""The `sparse_ops` implementation: the network built from small custom ops.
+
+Each layer is one sparse binary matmul (input spikes -> currents), the shared
+reset-and-integrate recursion, and one two-threshold spike selection; every
+op has its own registered gradient, and TensorFlow's autodiff composes BPTT.
+Thanks to the one-step delay between layers, each op runs once per layer on
+all T steps at once (rows = T*B) instead of once per step.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
+from snn_runner.neuron.lif import membrane_sequence
+from snn_runner.sparse.ops import select_spikes, sparse_binary_matmul
+from snn_runner.sparse.spikes import SparseSpikes
+
+
+def _time_major(spikes: SparseSpikes) -> SparseSpikes:
+    return SparseSpikes(
+        tf.transpose(spikes.ids, [1, 0, 2]), tf.transpose(spikes.count), tf.transpose(spikes.values, [1, 0, 2])
+    )
+
+
+def delay_one_step(spikes: SparseSpikes) -> SparseSpikes:
+    """Shift time-major sparse spikes [T, B, K] one step later (empty step 0)."""
+    return SparseSpikes(
+        tf.pad(spikes.ids[:-1], [[1, 0], [0, 0], [0, 0]], constant_values=-1),
+        tf.pad(spikes.count[:-1], [[1, 0], [0, 0]]),
+        tf.pad(spikes.values[:-1], [[1, 0], [0, 0], [0, 0]]),
+    )
+
+
+def _flatten(spikes: SparseSpikes) -> SparseSpikes:
+    k = spikes.ids.shape[-1]
+    return SparseSpikes(tf.reshape(spikes.ids, [-1, k]), tf.reshape(spikes.count, [-1]),
+                        tf.reshape(spikes.values, [-1, k]))
+
+
+def _unflatten(spikes: SparseSpikes, steps: int, batch) -> SparseSpikes:
+    k = spikes.ids.shape[-1]
+    return SparseSpikes(tf.reshape(spikes.ids, [steps, batch, k]), tf.reshape(spikes.count, [steps, batch]),
+                        tf.reshape(spikes.values, [steps, batch, k]))
+
+
+def readout(spikes: SparseSpikes, n_out: int) -> tf.Tensor:
+    """Logits [B, n_out]: each output neuron's spikes summed over time.
+
+    Summing values (not counting ids) keeps the gradient path to every slot,
+    so output carriers receive d(loss)/d(logit) like in the dense model.
+    """
+    onehot = tf.one_hot(spikes.ids, n_out)  # padding id -1 gives a zero row
+    return tf.einsum("tbk,tbkn->bn", spikes.values, onehot)
+
+
+class SparseOpsModel:
+    name = "sparse_ops"
+
+    def __init__(self, spec: NetworkSpec, params: Parameters):
+        self.spec = spec
+        self.params = params
+
+    def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
+        spec, p = self.spec, self.params
+        steps = ids.shape[1]
+        batch = tf.shape(ids)[0]
+        spikes = _time_major(SparseSpikes.from_ids(ids, count))
+        totals, dropped = [], []
+        for l in range(spec.layers):
+            if l > 0:
+                spikes = delay_one_step(spikes)
+            n = spec.sizes[l + 1]
+            current = tf.reshape(sparse_binary_matmul(p.weights[l], _flatten(spikes)), [steps, batch, n])
+            u = membrane_sequence(current, p.alpha[l], p.threshold[l], spec.input_scale)
+            selected, lost = select_spikes(
+                tf.reshape(u, [-1, n]), p.threshold[l], p.threshold2[l], spec.capacities[l], spec.beta
+            )
+            spikes = _unflatten(selected, steps, batch)
+            totals.append(tf.cast(tf.reduce_sum(selected.count), tf.float32))
+            dropped.append(tf.reduce_sum(lost))
+        logits = readout(spikes, spec.sizes[-1])
+        return ModelOutput(logits, tf.stack(totals), tf.stack(dropped))

@@ -1,0 +1,180 @@
+"""Python entry point of the fused multi-layer sparse LIF op.
+
+`sparse_lif_layer` runs a whole network of LIF layers over all time steps in
+one custom op (``SnnSparseLifLayer``); its gradient with respect to the
+weights is computed by ``SnnSparseLifLayerGrad`` through the gradient
+registered below.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Sequence
+
+import tensorflow as tf
+
+from snn_runner.sparse import library
+
+__all__ = ["FusedOutput", "sparse_lif_layer"]
+
+
+class FusedOutput(NamedTuple):
+    """Per-sample spike-count logits and, per layer, the selected slots."""
+
+    logits: tf.Tensor  # [B, n_L] float32
+    ids: List[tf.Tensor]  # per layer [B, T, K_l] int32, -1 = empty slot
+    count: List[tf.Tensor]  # per layer [B, T] int32, transmitted spikes
+    dropped: List[tf.Tensor]  # per layer [B, T] int32, spikes over capacity
+
+
+def _tensor(value, dtype: tf.DType, name: str, rank: int) -> tf.Tensor:
+    # Silent casts would hide caller mistakes such as passing float ids or
+    # float64 weights (which would also double memory traffic), so refuse them.
+    if isinstance(value, (tf.Tensor, tf.Variable)) and value.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype.name}, got {value.dtype.name}")
+    try:
+        tensor = tf.convert_to_tensor(value, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be convertible to {dtype.name}: {err}") from err
+    if tensor.shape.rank is not None and tensor.shape.rank != rank:
+        raise ValueError(f"{name} must have rank {rank}, got shape {tensor.shape}")
+    return tensor
+
+
+def _layer_list(values, name: str, n_layers: int) -> list:
+    if isinstance(values, (tf.Tensor, tf.Variable)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a list with one entry per layer")
+    if len(values) != n_layers:
+        raise ValueError(f"{name} has {len(values)} entries but there are {n_layers} layers")
+    return list(values)
+
+
+def _dim(tensor: tf.Tensor, axis: int):
+    return tf.compat.dimension_value(tensor.shape[axis])
+
+
+# The wrapper only does static Python checks; AutoGraph has nothing to convert.
+@tf.autograph.experimental.do_not_convert
+def sparse_lif_layer(
+    in_ids,
+    in_count,
+    weights: Sequence,
+    alpha: Sequence,
+    threshold: Sequence,
+    threshold2: Sequence,
+    capacities: Sequence[int],
+    input_scale: float = 10.0,
+    beta: float = 10.0,
+) -> FusedOutput:
+    """Runs all LIF layers over all time steps.
+
+    Args:
+      in_ids: int32 [B, T, K0] input spike ids per step; only the first
+        ``in_count[b, t]`` entries are read.
+      in_count: int32 [B, T] number of valid input ids per step.
+      weights: per layer float32 ``Wt_l`` of shape [n_{l-1}, n_l] (transposed:
+        row j holds the outgoing weights of presynaptic neuron j).
+      alpha, threshold, threshold2: per layer float32 [n_l] decay, firing
+        threshold and gradient-carrier threshold (may be -inf).
+      capacities: per layer slot count K_l, 1 <= K_l <= n_l.
+      input_scale: factor c of the input current.
+      beta: sharpness of the surrogate derivative.
+
+    Returns:
+      FusedOutput(logits, ids, count, dropped). Gradients flow to ``weights``
+      only.
+    """
+    if isinstance(weights, (tf.Tensor, tf.Variable)) or not isinstance(weights, Sequence):
+        raise TypeError("weights must be a list of [n_in, n_out] matrices, one per layer")
+    n_layers = len(weights)
+    if n_layers < 1:
+        raise ValueError("weights must hold at least one layer")
+    in_ids = _tensor(in_ids, tf.int32, "in_ids", 3)
+    in_count = _tensor(in_count, tf.int32, "in_count", 2)
+    weights = [_tensor(w, tf.float32, f"weights[{i}]", 2) for i, w in enumerate(weights)]
+    vectors = {}
+    for name, values in (("alpha", alpha), ("threshold", threshold), ("threshold2", threshold2)):
+        items = _layer_list(values, name, n_layers)
+        vectors[name] = [_tensor(v, tf.float32, f"{name}[{i}]", 1) for i, v in enumerate(items)]
+    capacities = _layer_list(capacities, "capacities", n_layers)
+    caps = []
+    for i, k in enumerate(capacities):
+        if isinstance(k, bool) or not isinstance(k, int) and not hasattr(k, "__index__"):
+            raise TypeError(f"capacities[{i}] must be an int, got {type(k).__name__}")
+        caps.append(int(k))
+
+    for axis in (0, 1):
+        a, b = _dim(in_ids, axis), _dim(in_count, axis)
+        if a is not None and b is not None and a != b:
+            raise ValueError(
+                f"in_count shape {in_count.shape} does not match in_ids shape {in_ids.shape} "
+                f"(expected [B, T])"
+            )
+    for i, w in enumerate(weights):
+        n_out = _dim(w, 1)
+        if i > 0:
+            rows, prev = _dim(w, 0), _dim(weights[i - 1], 1)
+            if rows is not None and prev is not None and rows != prev:
+                raise ValueError(
+                    f"weights[{i}] has {rows} rows but layer {i - 1} has {prev} neurons "
+                    f"(weights[{i - 1}].shape[1])"
+                )
+        for name, items in vectors.items():
+            size = _dim(items[i], 0)
+            if n_out is not None and size is not None and size != n_out:
+                raise ValueError(
+                    f"{name}[{i}] has length {size} but layer {i} has {n_out} neurons"
+                )
+        if caps[i] < 1:
+            raise ValueError(f"capacities[{i}] = {caps[i]} must be >= 1")
+        if n_out is not None and caps[i] > n_out:
+            raise ValueError(
+                f"capacities[{i}] = {caps[i]} exceeds the size of layer {i} ({n_out} neurons)"
+            )
+
+    ops = library.load()
+    logits, ids, count, dropped, _surrogate = ops.snn_sparse_lif_layer(
+        in_ids=in_ids,
+        in_count=in_count,
+        weights=weights,
+        alpha=vectors["alpha"],
+        threshold=vectors["threshold"],
+        threshold2=vectors["threshold2"],
+        capacities=caps,
+        input_scale=float(input_scale),
+        beta=float(beta),
+    )
+    return FusedOutput(logits, list(ids), list(count), list(dropped))
+
+
+def _fused_grad(op, *grads):
+    n = op.get_attr("N")
+    grad_logits = grads[0]
+    logits = op.outputs[0]
+    if grad_logits is None:
+        grad_logits = tf.zeros_like(logits)
+    weights = op.inputs[2 : 2 + n]
+    alpha = op.inputs[2 + n : 2 + 2 * n]
+    ids = op.outputs[1 : 1 + n]
+    count = op.outputs[1 + n : 1 + 2 * n]
+    surrogate = op.outputs[1 + 3 * n : 1 + 4 * n]
+    grad_weights = library.load().snn_sparse_lif_layer_grad(
+        grad_logits=tf.convert_to_tensor(grad_logits, dtype=tf.float32),
+        in_ids=op.inputs[0],
+        in_count=op.inputs[1],
+        weights=weights,
+        alpha=alpha,
+        ids=ids,
+        count=count,
+        surrogate=surrogate,
+        capacities=op.get_attr("capacities"),
+        input_scale=op.get_attr("input_scale"),
+    )
+    # Inputs: in_ids, in_count, weights*N, alpha*N, threshold*N, threshold2*N.
+    return [None, None] + list(grad_weights) + [None] * (3 * n)
+
+
+try:
+    tf.RegisterGradient("SnnSparseLifLayer")(_fused_grad)
+except KeyError:
+    # Registered already (module re-imported, e.g. by importlib.reload).
+    pass

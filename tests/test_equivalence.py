@@ -1,0 +1,122 @@
+"""The correctness anchor (ARCHITECTURE section 3): sparse == dense.
+
+With K = n and theta2 = -inf the sparse implementations are the dense model:
+same spikes, same logits, same gradients. With a finite theta2 (and no
+drops) the forward pass is the same and the gradients are the dense ones with
+the surrogate masked to neurons above theta2. With drops, the count is exact.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from snn_runner.config import ModelConfig
+from snn_runner.model import NetworkSpec, Parameters, build_model
+from snn_runner.model.dense import frames_from_sparse
+from snn_runner.neuron.lif import heaviside, superspike_derivative
+from snn_runner.sparse import library
+from tests import reference
+from tests.test_dense import random_input
+
+pytestmark = pytest.mark.skipif(not library.available(), reason="compiled ops not built (run scripts/build-ops)")
+
+SPARSE = ("sparse_ops", "sparse_layer")
+N_IN, N_OUT, STEPS, BATCH, K_IN = 30, 6, 24, 4, 10
+
+
+def setup(seed, hidden=(40, 35), **model):
+    cfg = ModelConfig(hidden=hidden, weight_scale=2.5, alpha=0.9, **model)
+    spec = NetworkSpec.from_config(cfg, N_IN, N_OUT, K_IN)
+    params = Parameters(spec, seed)
+    rng = np.random.default_rng(100 + seed)
+    ids, count = random_input(rng, BATCH, STEPS, N_IN, K_IN)
+    labels_weight = tf.constant(rng.normal(size=(BATCH, N_OUT)).astype(np.float32))
+    return spec, params, tf.constant(ids), tf.constant(count), labels_weight
+
+
+def run(model, params, ids, count, weight):
+    with tf.GradientTape() as tape:
+        out = model(ids, count)
+        # A loss touching every logit with a different weight, plus the
+        # softmax cross-entropy used in training.
+        loss = tf.reduce_sum(out.logits * weight) + tf.reduce_sum(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(tf.zeros([BATCH], tf.int64), out.logits))
+    grads = tape.gradient(loss, params.trainable)
+    return out, [g.numpy() for g in grads]
+
+
+def masked_spike_fn(beta, offset):
+    """Heaviside with the surrogate zeroed where v = u - theta <= offset (= theta2 - theta)."""
+
+    @tf.custom_gradient
+    def spike(v):
+        def grad(dy):
+            return dy * superspike_derivative(v, beta) * tf.cast(v > offset, v.dtype)
+
+        return heaviside(v), grad
+
+    return spike
+
+
+def assert_grads_close(actual, expected):
+    for l, (a, e) in enumerate(zip(actual, expected)):
+        scale = max(1e-3, np.abs(e).max())
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5 * scale, err_msg=f"layer {l + 1} weight gradient")
+
+
+@pytest.mark.parametrize("implementation", SPARSE)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_capacity_all_carriers_equals_dense(implementation, seed):
+    spec, params, ids, count, weight = setup(seed, max_activity=1.0, threshold2_fraction=-math.inf)
+    assert spec.capacities == spec.sizes[1:]
+    dense_out, dense_grads = run(build_model("dense", spec, params), params, ids, count, weight)
+    out, grads = run(build_model(implementation, spec, params), params, ids, count, weight)
+    assert np.all(dense_out.spikes.numpy() > 0), "every layer must spike for a meaningful comparison"
+    np.testing.assert_array_equal(out.logits.numpy(), dense_out.logits.numpy())
+    np.testing.assert_array_equal(out.spikes.numpy(), dense_out.spikes.numpy())
+    assert out.dropped.numpy().sum() == 0
+    assert all(np.abs(g).sum() > 0 for g in dense_grads)
+    assert_grads_close(grads, dense_grads)
+
+
+@pytest.mark.parametrize("implementation", SPARSE)
+@pytest.mark.parametrize("seed", [0, 3])
+def test_finite_theta2_matches_dense_with_masked_surrogate(implementation, seed):
+    spec, params, ids, count, weight = setup(seed, max_activity=1.0, threshold2_fraction=0.5)
+    dense = build_model("dense", spec, params)
+    dense_out, plain_grads = run(dense, params, ids, count, weight)
+    dense.spike_fn = masked_spike_fn(spec.beta, spec.threshold2 - spec.threshold)
+    _, masked_grads = run(dense, params, ids, count, weight)
+    out, grads = run(build_model(implementation, spec, params), params, ids, count, weight)
+    np.testing.assert_array_equal(out.logits.numpy(), dense_out.logits.numpy())
+    np.testing.assert_array_equal(out.spikes.numpy(), dense_out.spikes.numpy())
+    assert_grads_close(grads, masked_grads)
+    # the mask matters: otherwise this test could not tell the two apart
+    assert any(not np.allclose(m, p, rtol=1e-3) for m, p in zip(masked_grads, plain_grads))
+
+
+@pytest.mark.parametrize("implementation", SPARSE)
+def test_dropped_spikes_are_counted_exactly(implementation):
+    spec, params, ids, count, weight = setup(5, hidden=(40, 35), max_activity=0.05)  # K = 2 per hidden layer
+    out = build_model(implementation, spec, params)(ids, count)
+    # Layer 1 sees the same input as the dense reference, so its drops are known exactly.
+    frames = frames_from_sparse(ids, count, N_IN).numpy()
+    _, record = reference.network_forward(
+        frames, [w.numpy() for w in params.weights], spec.alpha, spec.threshold, spec.input_scale)
+    per_step = record[0].sum(axis=2)  # spikes of layer 1 per (b, t)
+    expected = np.maximum(per_step - spec.capacities[0], 0).sum()
+    assert expected > 0, "the test needs drops"
+    assert out.dropped.numpy()[0] == expected
+    assert out.spikes.numpy()[0] == np.minimum(per_step, spec.capacities[0]).sum()
+
+
+def test_implementations_agree_with_each_other_at_low_capacity():
+    spec, params, ids, count, weight = setup(7, max_activity=0.1)
+    a, ga = run(build_model("sparse_ops", spec, params), params, ids, count, weight)
+    b, gb = run(build_model("sparse_layer", spec, params), params, ids, count, weight)
+    assert a.dropped.numpy().sum() > 0
+    np.testing.assert_array_equal(a.logits.numpy(), b.logits.numpy())
+    np.testing.assert_array_equal(a.dropped.numpy(), b.dropped.numpy())
+    assert_grads_close(gb, ga)
