@@ -127,11 +127,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config") -> "RunConfig":
         """Build from nested dicts; unknown keys are rejected with a did-you-mean."""
-        _reject_unknown(raw, {f.name for f in dataclasses.fields(cls)}, where)
+        reject_unknown(raw, {f.name for f in dataclasses.fields(cls)}, where)
         parts = {}
         for f in dataclasses.fields(cls):
             sub_cls = type(getattr(cls(), f.name))
-            parts[f.name] = _section_from_dict(sub_cls, raw.get(f.name) or {}, f"{where}: {f.name}")
+            parts[f.name] = section_from_dict(sub_cls, raw.get(f.name) or {}, f"{where}: {f.name}")
         return cls(**parts).validate()
 
     def replace(self, section: str, **changes: Any) -> "RunConfig":
@@ -139,11 +139,11 @@ class RunConfig:
         return dataclasses.replace(self, **{section: new_section}).validate()
 
 
-def _section_from_dict(section_cls, raw: dict[str, Any], where: str):
+def section_from_dict(section_cls, raw: dict[str, Any], where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
-    _reject_unknown(raw, set(fields), where)
+    reject_unknown(raw, set(fields), where)
     defaults = section_cls()
     values = {}
     for key, value in raw.items():
@@ -169,14 +169,17 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
     elif isinstance(default, tuple):
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        # element type from the default: ints for layer sizes, else strings
+        kind = int if default and isinstance(default[0], int) else str
+        if isinstance(value, (list, tuple)) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
             return tuple(value)
+        raise ConfigError(f"{where}: expected a list of {kind.__name__}s, got {value!r}")
     raise ConfigError(
         f"{where}: expected {type(default).__name__} like {default!r}, got {value!r} ({type(value).__name__})"
     )
 
 
-def _reject_unknown(raw: dict[str, Any], known: set[str], where: str) -> None:
+def reject_unknown(raw: dict[str, Any], known: set[str], where: str) -> None:
     for key in raw:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)

@@ -47,3 +47,27 @@ def test_train_from_cli_prints_accuracy_and_path(tmp_path):
     assert "epoch 1/1" in result.stdout
     assert "result: r.h5" in result.stdout and "final test accuracy:" in result.stdout
     assert (tmp_path / "r.h5").is_file()
+
+
+def test_job_file_with_misspelt_key_exits_nonzero_naming_it(tmp_path):
+    from pathlib import Path
+
+    smoke = (Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml").read_text()
+    (tmp_path / "bad.yaml").write_text(smoke.replace("batch_size:", "bacth_size:"))
+    result = run_cli("train", "bad.yaml", "--task", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown key 'bacth_size'; did you mean 'batch_size'?" in result.stderr
+    assert "bad.yaml" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_job_file_cannot_be_mixed_with_options_and_tasks_must_exist(tmp_path):
+    from pathlib import Path
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml"
+    mixed = CliRunner().invoke(cli, ["train", str(job), "--epochs", "3"])
+    assert mixed.exit_code == 2 and "--epochs cannot be combined with a job file" in mixed.output
+    missing = CliRunner().invoke(cli, ["train", str(job), "--task", "99"])
+    assert missing.exit_code == 2 and "task 99 does not exist" in missing.output
+    listed = CliRunner().invoke(cli, ["sweep", str(job), "--list", "--output-dir", str(tmp_path)])
+    assert listed.exit_code == 0 and listed.output.count(" todo ") == 4

@@ -32,7 +32,9 @@ def test_easy_randman_is_learned_and_recorded(tmp_path, easy_config):
     steps_per_epoch = -(-400 // easy_config.train.batch_size)
     assert len(rec["timing"]["step_seconds"]) == epochs * steps_per_epoch - 1
     assert rec["timing"]["compile_seconds"] > 0
-    assert not list(tmp_path.glob(".*tmp"))
+    assert not list(tmp_path.glob(".*tmp")) and not list(tmp_path.glob(".*ckpt"))  # checkpoint removed when done
+    assert rec["spikes"]["layer1_ids"].shape[:2] == (4, easy_config.data.time_steps)
+    assert rec["spikes"]["layer2_count"].sum() > 0
 
 
 def test_exception_mid_run_leaves_no_file(tmp_path, easy_config):
@@ -44,4 +46,4 @@ def test_exception_mid_run_leaves_no_file(tmp_path, easy_config):
 
     with pytest.raises(RuntimeError, match="boom"):
         train(easy_config, out, log=explode)
-    assert list(tmp_path.iterdir()) == []
+    assert not out.exists() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.h5"))

@@ -68,6 +68,17 @@ def run_suite(network: str, implementations: list[str], activities: list[float],
     return records
 
 
+def with_speedups(records: list[dict]) -> list[dict]:
+    """Add speed-ups against the dense record of the same network (when there is one)."""
+    dense = {r["network"]: r for r in records if r["implementation"] == "dense"}
+    out = []
+    for r in records:
+        d = dense.get(r["network"])
+        out.append({**r, "speedup_vs_dense": d["step_ms_median"] / r["step_ms_median"] if d else None,
+                    "forward_speedup_vs_dense": d["forward_ms_median"] / r["forward_ms_median"] if d else None})
+    return out
+
+
 def _line(rec: dict, dense: dict | None) -> str:
     rates = "/".join(f"{100 * r:.2f}" for r in rec["spike_rate_per_layer"])
     drops = "/".join(f"{d:.0f}" for d in rec["dropped_spikes"])

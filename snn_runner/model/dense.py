@@ -40,9 +40,16 @@ class DenseModel:
         self.spike_fn = make_spike_fn(spec.beta)
 
     def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
+        return self._forward(ids, count)[0]
+
+    def spike_trains(self, ids: tf.Tensor, count: tf.Tensor) -> list[tf.Tensor]:
+        """Per layer, the 0/1 spikes [B, T, n] (for recording a few samples)."""
+        return [tf.transpose(x, [1, 0, 2]) for x in self._forward(ids, count)[1]]
+
+    def _forward(self, ids, count):
         spec, p = self.spec, self.params
         x = tf.transpose(frames_from_sparse(ids, count, spec.sizes[0]), [1, 0, 2])  # [T, B, n]
-        totals = []
+        totals, trains = [], []
         # With the one-step delay between layers, layer l's whole input
         # sequence is known once layer l-1 has run through all steps, so each
         # layer's currents for all T steps are one large matmul, and only the
@@ -54,5 +61,6 @@ class DenseModel:
             u = membrane_sequence(current, p.alpha[l], p.threshold[l], spec.input_scale)
             x = self.spike_fn(u - p.threshold[l])
             totals.append(tf.reduce_sum(x))
+            trains.append(x)
         logits = tf.reduce_sum(x, axis=0)
-        return ModelOutput(logits, tf.stack(totals), tf.zeros([spec.layers], tf.int32))
+        return ModelOutput(logits, tf.stack(totals), tf.zeros([spec.layers], tf.int32)), trains

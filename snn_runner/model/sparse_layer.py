@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from snn_runner.model.dense import frames_from_sparse
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
 from snn_runner.sparse.fused import sparse_lif_layer
 
@@ -20,11 +21,19 @@ class SparseLayerModel:
         self.params = params
 
     def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
-        spec, p = self.spec, self.params
-        out = sparse_lif_layer(
-            ids, count, p.weights, p.alpha, p.threshold, p.threshold2, list(spec.capacities),
-            input_scale=spec.input_scale, beta=spec.beta,
-        )
+        out = self._fused(ids, count)
         totals = tf.stack([tf.cast(tf.reduce_sum(c), tf.float32) for c in out.count])
         dropped = tf.stack([tf.reduce_sum(d) for d in out.dropped])
         return ModelOutput(out.logits, totals, dropped)
+
+    def spike_trains(self, ids: tf.Tensor, count: tf.Tensor) -> list[tf.Tensor]:
+        """Per layer, the 0/1 transmitted spikes [B, T, n] (for recording a few samples)."""
+        out = self._fused(ids, count)
+        return [frames_from_sparse(i, c, n) for i, c, n in zip(out.ids, out.count, self.spec.sizes[1:])]
+
+    def _fused(self, ids, count):
+        spec, p = self.spec, self.params
+        return sparse_lif_layer(
+            ids, count, p.weights, p.alpha, p.threshold, p.threshold2, list(spec.capacities),
+            input_scale=spec.input_scale, beta=spec.beta,
+        )

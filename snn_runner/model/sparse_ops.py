@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from snn_runner.model.dense import frames_from_sparse
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
 from snn_runner.neuron.lif import membrane_sequence
 from snn_runner.sparse.ops import select_spikes, sparse_binary_matmul
@@ -62,11 +63,19 @@ class SparseOpsModel:
         self.params = params
 
     def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
+        return self._forward(ids, count)[0]
+
+    def spike_trains(self, ids: tf.Tensor, count: tf.Tensor) -> list[tf.Tensor]:
+        """Per layer, the 0/1 transmitted spikes [B, T, n] (for recording a few samples)."""
+        return [frames_from_sparse(tf.transpose(s.ids, [1, 0, 2]), tf.transpose(s.count), n)
+                for s, n in zip(self._forward(ids, count)[1], self.spec.sizes[1:])]
+
+    def _forward(self, ids, count):
         spec, p = self.spec, self.params
         steps = ids.shape[1]
         batch = tf.shape(ids)[0]
         spikes = _time_major(SparseSpikes.from_ids(ids, count))
-        totals, dropped = [], []
+        totals, dropped, layers = [], [], []
         for l in range(spec.layers):
             if l > 0:
                 spikes = delay_one_step(spikes)
@@ -77,7 +86,8 @@ class SparseOpsModel:
                 tf.reshape(u, [-1, n]), p.threshold[l], p.threshold2[l], spec.capacities[l], spec.beta
             )
             spikes = _unflatten(selected, steps, batch)
+            layers.append(spikes)
             totals.append(tf.cast(tf.reduce_sum(selected.count), tf.float32))
             dropped.append(tf.reduce_sum(lost))
         logits = readout(spikes, spec.sizes[-1])
-        return ModelOutput(logits, tf.stack(totals), tf.stack(dropped))
+        return ModelOutput(logits, tf.stack(totals), tf.stack(dropped)), layers

@@ -20,6 +20,7 @@ Layout (schema version 1):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -65,64 +66,74 @@ def provenance() -> dict[str, str]:
     }
 
 
-class ResultWriter:
-    """Context manager writing one result file atomically.
+@contextlib.contextmanager
+def atomic_h5(path: str | os.PathLike, config: dict[str, Any], attrs: dict[str, Any] | None = None):
+    """Yield an open HDF5 file that appears under ``path`` only if the block succeeds.
 
-    Use ``add_epoch`` once per epoch and ``set_timing`` once; leaving the
-    ``with`` block normally publishes the file, an exception deletes it.
+    Root attributes (provenance, the resolved config as JSON, extra attrs) are
+    written first; an exception deletes the temporary file.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in {**provenance(), **(attrs or {})}.items():
+                f.attrs[key] = value
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["config_json"] = json.dumps(config, sort_keys=True)
+            yield f
+            f.attrs["complete"] = True  # written last: a file without it was cut short
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
-    def __init__(self, path: str | os.PathLike, config: dict[str, Any], attrs: dict[str, str] | None = None):
-        self.path = Path(path)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}{TMP_SUFFIX}")
-        self._config = config
-        self._attrs = attrs or {}
-        self._file: h5py.File | None = None
 
-    def __enter__(self) -> "ResultWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.tmp_path, "w")
-        root = self._file.attrs
-        root["schema_version"] = SCHEMA_VERSION
-        for key, value in {**provenance(), **self._attrs}.items():
-            if key != "schema_version":
-                root[key] = value
-        root["config_json"] = json.dumps(self._config, sort_keys=True)
-        self._file.create_group("metrics")
-        self._file.create_group("timing")
-        return self
-
-    def add_epoch(self, row: dict[str, Any]) -> None:
-        group = self._file["metrics"]
+def write_train_result(path, config: dict[str, Any], attrs: dict[str, Any], rows: list[dict[str, Any]],
+                       step_seconds: list[float], compile_seconds: float, mode: str,
+                       spikes: dict[str, np.ndarray] | None = None) -> None:
+    """The record of a training run: per-epoch metrics, timings, recorded spikes."""
+    with atomic_h5(path, config, {**attrs, "kind": "train"}) as f:
+        metrics = f.create_group("metrics")
         for key in METRIC_COLUMNS + LAYER_COLUMNS:
-            value = np.asarray(row[key])
-            if key not in group:
-                dtype = np.int64 if key in ("epoch", "dropped_spikes") else np.float64
-                group.create_dataset(key, shape=(0,) + value.shape, maxshape=(None,) + value.shape, dtype=dtype)
-            ds = group[key]
-            ds.resize(ds.shape[0] + 1, axis=0)
-            ds[-1] = value
+            dtype = np.int64 if key in ("epoch", "dropped_spikes") else np.float64
+            metrics.create_dataset(key, data=np.asarray([r[key] for r in rows], dtype))
+        timing = f.create_group("timing")
+        timing.create_dataset("step_seconds", data=np.asarray(step_seconds, np.float64))
+        timing.attrs["compile_seconds"] = float(compile_seconds)
+        timing.attrs["mode"] = mode
+        group = f.create_group("spikes")
+        for key, value in (spikes or {}).items():
+            group.create_dataset(key, data=value, compression="gzip")
 
-    def set_timing(self, step_seconds: list[float], compile_seconds: float, mode: str) -> None:
-        group = self._file["timing"]
-        group.create_dataset("step_seconds", data=np.asarray(step_seconds, np.float64))
-        group.attrs["compile_seconds"] = float(compile_seconds)
-        group.attrs["mode"] = mode
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._file.close()
-        if exc_type is None:
-            os.replace(self.tmp_path, self.path)
-        else:
-            self.tmp_path.unlink(missing_ok=True)
+def write_bench_result(path, config: dict[str, Any], attrs: dict[str, Any], record: dict[str, Any]) -> None:
+    """The record of one benchmark case (see snn_runner.bench.measure.CaseResult)."""
+    with atomic_h5(path, config, {**attrs, "kind": "bench"}) as f:
+        group = f.create_group("bench")
+        for key, value in record.items():
+            if isinstance(value, list) and key.endswith("_all"):
+                group.create_dataset(key, data=np.asarray(value, np.float64))
+            elif isinstance(value, list):
+                group.attrs[key] = np.asarray(value)
+            elif value is not None:
+                group.attrs[key] = value
 
 
 def read_result(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a result file into plain Python/NumPy values."""
+    """Load a result file into plain Python/NumPy values (groups -> dicts, attrs merged in)."""
     with h5py.File(path, "r") as f:
-        out = {"attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}}
+        out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()}}
         out["config"] = json.loads(out["attrs"]["config_json"])
-        out["metrics"] = {k: f["metrics"][k][()] for k in f["metrics"]}
-        out["timing"] = {k: f["timing"][k][()] for k in f["timing"]}
-        out["timing"].update(dict(f["timing"].attrs))
+        for name, group in f.items():
+            out[name] = {k: group[k][()] for k in group}
+            out[name].update({k: _plain(v) for k, v in group.attrs.items()})
     return out
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -24,6 +24,7 @@ class Steps:
         )
         self.train = tf.function(self._train, input_signature=signature)
         self.evaluate = tf.function(self._evaluate, input_signature=signature)
+        self.spike_trains = tf.function(model.spike_trains, input_signature=signature[:2])
 
     def _outputs(self, out, losses, labels):
         correct = tf.reduce_sum(tf.cast(tf.argmax(out.logits, axis=1) == labels, tf.int32))

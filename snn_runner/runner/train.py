@@ -1,7 +1,14 @@
-"""One training run: data -> model -> epochs -> one HDF5 result file."""
+"""One training run: data -> model -> epochs -> one HDF5 result file.
+
+The run saves a checkpoint after every epoch (and between two steps when
+asked to stop by a signal); started again with the same configuration and
+result path it resumes from there and ends with the same record as an
+uninterrupted run.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +20,12 @@ from snn_runner.config import RunConfig
 from snn_runner.data import load_dataset
 from snn_runner.data.events import EventSet
 from snn_runner.model import NetworkSpec, Parameters, build_model, resolve_implementation
-from snn_runner.results.store import ResultWriter
+from snn_runner.results.store import write_train_result
+from snn_runner.runner import checkpoint
+from snn_runner.runner.checkpoint import Interrupted, StopOnSignal, TrainState
 
 GRAPH_MODE = "tf.function graph (no XLA)"
+RECORDED_SAMPLES = 4  # test samples whose spikes are stored in the result file
 
 
 @dataclass
@@ -30,12 +40,13 @@ class RunSummary:
 class _Tally:
     """Sums step outputs over an epoch."""
 
-    def __init__(self, layers: int):
-        self.loss = 0.0
-        self.correct = 0
-        self.samples = 0
-        self.spikes = np.zeros(layers)
-        self.dropped = np.zeros(layers, np.int64)
+    def __init__(self, layers: int, saved: dict | None = None):
+        saved = saved or {}
+        self.loss = saved.get("loss", 0.0)
+        self.correct = saved.get("correct", 0)
+        self.samples = saved.get("samples", 0)
+        self.spikes = np.asarray(saved.get("spikes", np.zeros(layers)), np.float64)
+        self.dropped = np.asarray(saved.get("dropped", np.zeros(layers)), np.int64)
 
     def add(self, outputs, batch: int) -> None:
         loss, correct, spikes, dropped = outputs
@@ -45,6 +56,10 @@ class _Tally:
         self.spikes += spikes.numpy()
         self.dropped += dropped.numpy().astype(np.int64)
 
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "correct": self.correct, "samples": self.samples,
+                "spikes": self.spikes.tolist(), "dropped": self.dropped.tolist()}
+
 
 def _evaluate(steps, data: EventSet, batch_size: int, layers: int) -> _Tally:
     tally = _Tally(layers)
@@ -53,63 +68,124 @@ def _evaluate(steps, data: EventSet, batch_size: int, layers: int) -> _Tally:
     return tally
 
 
-def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print) -> RunSummary:
-    """Train per ``cfg`` and write the result file ``output``; returns a summary."""
+def _sparse_record(trains: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Dense 0/1 spikes [B, T, n] -> sparse (ids [B, T, K] padded with -1, count [B, T])."""
+    count = trains.sum(axis=-1).astype(np.int32)
+    k = max(1, int(count.max()))
+    ids = np.full(count.shape + (k,), -1, np.int32)
+    for b, t, i in zip(*np.nonzero(trains)):
+        ids[b, t, np.count_nonzero(ids[b, t] >= 0)] = i
+    return ids, count
+
+
+def _record_spikes(steps, data: EventSet) -> dict[str, np.ndarray]:
+    n = min(RECORDED_SAMPLES, len(data))
+    record = {"sample_index": np.arange(n), "labels": data.labels[:n],
+              "input_ids": data.ids[:n], "input_count": data.count[:n]}
+    for l, train in enumerate(steps.spike_trains(data.ids[:n], data.count[:n]), start=1):
+        record[f"layer{l}_ids"], record[f"layer{l}_count"] = _sparse_record(train.numpy())
+    return record
+
+
+def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print,
+          attrs: dict | None = None, stop: StopOnSignal | None = None) -> RunSummary:
+    """Train per ``cfg`` and write the result file ``output``; returns a summary.
+
+    Raises ``Interrupted`` (after saving a checkpoint) when ``stop`` reports a
+    signal; calling again with the same arguments resumes.
+    """
     import keras  # imported late: TensorFlow start-up is slow and not needed for --help
 
     from snn_runner.runner.steps import Steps
 
     cfg.validate()
+    output = Path(output)
+    ckpt_path = checkpoint.checkpoint_path(output)
+    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
     implementation = resolve_implementation(cfg.model.implementation)
     train_set, test_set = load_dataset(cfg.data)
     spec = NetworkSpec.from_config(cfg.model, train_set.channels, train_set.classes, train_set.capacity)
     params = Parameters(spec, cfg.train.seed)
     model = build_model(implementation, spec, params)
     optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
+    optimizer.build(params.trainable)
     steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity)
-    rng = np.random.default_rng(cfg.train.seed)
     neurons = np.asarray(spec.sizes[1:], np.float64)
-    log(
-        f"train: {implementation} network {list(spec.sizes)} on {cfg.data.dataset} "
-        f"({len(train_set)} train / {len(test_set)} test samples, T={train_set.time_steps}), "
-        f"{cfg.train.epochs} epochs of batch {cfg.train.batch_size}"
-    )
-    step_seconds: list[float] = []
-    compile_seconds = 0.0
-    attrs = {"implementation": implementation}
-    with ResultWriter(output, cfg.to_dict(), attrs) as writer:
-        for epoch in range(1, cfg.train.epochs + 1):
-            start = time.perf_counter()
-            tally = _Tally(spec.layers)
-            for ids, count, labels in train_set.batches(cfg.train.batch_size, rng.permutation(len(train_set))):
-                t0 = time.perf_counter()
-                outputs = steps.train(ids, count, labels)
-                tally.add(outputs, len(labels))  # .numpy() inside waits for the step
-                elapsed = time.perf_counter() - t0
-                if epoch == 1 and compile_seconds == 0.0:
-                    compile_seconds = elapsed
-                else:
-                    step_seconds.append(elapsed)
-            test = _evaluate(steps, test_set, cfg.train.batch_size, spec.layers)
-            seconds = time.perf_counter() - start
-            rate = tally.spikes / (tally.samples * train_set.time_steps * neurons)
-            row = {
-                "epoch": epoch,
-                "train_loss": tally.loss / tally.samples,
-                "train_accuracy": tally.correct / tally.samples,
-                "test_loss": test.loss / test.samples,
-                "test_accuracy": test.correct / test.samples,
-                "epoch_seconds": seconds,
-                "spike_rate": rate,
-                "dropped_spikes": tally.dropped,
-            }
-            writer.add_epoch(row)
-            log(
-                f"epoch {epoch}/{cfg.train.epochs}  loss {row['train_loss']:.4f}  "
-                f"acc {row['train_accuracy']:.3f}  test_loss {row['test_loss']:.4f}  "
-                f"test_acc {row['test_accuracy']:.3f}  "
-                f"rate {'/'.join(f'{r:.3f}' for r in rate)}  "
-                f"dropped {int(tally.dropped.sum())}  {seconds:.1f}s"
-            )
-        writer.set_timing(step_seconds, compile_seconds, GRAPH_MODE)
-    return RunSummary(Path(output), implementation, row["test_accuracy"], row["test_loss"], cfg.train.epochs)
+
+    state = TrainState(rng_state=np.random.default_rng(cfg.train.seed).bit_generator.state)
+    loaded = checkpoint.load(ckpt_path, config_json)
+    if loaded is not None:
+        state, weights, slots = loaded
+        for var, value in zip(params.trainable, weights):
+            var.assign(value)
+        for var, value in zip(optimizer.variables, slots):
+            var.assign(value)
+        state.resumes += 1
+        log(f"resume: from {ckpt_path} at epoch {state.epoch}, batch {state.batch}")
+
+    def save_state() -> None:
+        checkpoint.save(ckpt_path, state, [w.numpy() for w in params.trainable],
+                        [v.numpy() for v in optimizer.variables], config_json)
+
+    log(f"train: {implementation} network {list(spec.sizes)} capacities {list(spec.capacities)} on "
+        f"{cfg.data.dataset} ({len(train_set)} train / {len(test_set)} test samples, T={train_set.time_steps}), "
+        f"{cfg.train.epochs} epochs of batch {cfg.train.batch_size}")
+    traced = False
+    for epoch in range(state.epoch, cfg.train.epochs + 1):
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.rng_state
+        order = rng.permutation(len(train_set))
+        start = time.perf_counter()
+        tally = _Tally(spec.layers, state.tally)
+        batch_size = cfg.train.batch_size
+        for i, (ids, count, labels) in enumerate(train_set.batches(batch_size, order[state.batch * batch_size:]),
+                                                 start=state.batch):
+            t0 = time.perf_counter()
+            tally.add(steps.train(ids, count, labels), len(labels))  # .numpy() inside waits for the step
+            elapsed = time.perf_counter() - t0
+            if not traced:  # the first step of a process traces and builds the graph
+                traced = True
+                state.compile_seconds = state.compile_seconds or elapsed
+            else:
+                state.step_seconds.append(elapsed)
+            state.batch = i + 1
+            if stop is not None and stop.requested:
+                state.tally = tally.to_dict()
+                save_state()
+                raise Interrupted(f"stopped by signal {stop.received} in epoch {epoch} after batch {i + 1}; "
+                                  f"checkpoint saved to {ckpt_path}; run the same command again to resume")
+        test = _evaluate(steps, test_set, batch_size, spec.layers)
+        rate = tally.spikes / (tally.samples * train_set.time_steps * neurons)
+        row = {
+            "epoch": epoch,
+            "train_loss": tally.loss / tally.samples,
+            "train_accuracy": tally.correct / tally.samples,
+            "test_loss": test.loss / test.samples,
+            "test_accuracy": test.correct / test.samples,
+            "epoch_seconds": time.perf_counter() - start,
+            "spike_rate": rate.tolist(),
+            "dropped_spikes": tally.dropped.tolist(),
+        }
+        state.rows.append(row)
+        state.epoch, state.batch, state.tally = epoch + 1, 0, {}
+        state.rng_state = rng.bit_generator.state
+        save_state()
+        log(
+            f"epoch {epoch}/{cfg.train.epochs}  loss {row['train_loss']:.4f}  "
+            f"acc {row['train_accuracy']:.3f}  test_loss {row['test_loss']:.4f}  "
+            f"test_acc {row['test_accuracy']:.3f}  "
+            f"rate {'/'.join(f'{r:.3f}' for r in rate)}  "
+            f"dropped {int(tally.dropped.sum())}  {row['epoch_seconds']:.1f}s"
+        )
+        if stop is not None and stop.requested:
+            raise Interrupted(f"stopped by signal {stop.received} after epoch {epoch}; checkpoint saved to "
+                              f"{ckpt_path}; run the same command again to resume")
+
+    spikes = _record_spikes(steps, test_set)
+    run_attrs = {"implementation": implementation, "resumes": state.resumes, "sizes": np.asarray(spec.sizes),
+                 "capacities": np.asarray(spec.capacities), **(attrs or {})}
+    write_train_result(output, cfg.to_dict(), run_attrs, state.rows, state.step_seconds, state.compile_seconds,
+                       GRAPH_MODE, spikes)
+    ckpt_path.unlink(missing_ok=True)
+    last = state.rows[-1]
+    return RunSummary(output, implementation, last["test_accuracy"], last["test_loss"], cfg.train.epochs)

@@ -1,0 +1,122 @@
+"""Training state on disk, so an interrupted run resumes where it stopped.
+
+A checkpoint holds everything that decides the rest of the run: weights,
+optimizer slots, the epoch and batch position, the data-order RNG state at
+the start of the current epoch, the partial sums of the current epoch and the
+metric rows of finished epochs. Resuming from it reproduces the uninterrupted
+run. Files are written to a temporary name and renamed, so a kill during a
+save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+INTERRUPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", the run can be resumed
+
+
+@dataclass
+class TrainState:
+    epoch: int = 1  # the epoch in progress (1-based)
+    batch: int = 0  # batches of that epoch already done
+    rng_state: dict = field(default_factory=dict)  # data-order RNG at the start of `epoch`
+    tally: dict = field(default_factory=dict)  # partial sums of `epoch`
+    rows: list = field(default_factory=list)  # metric rows of finished epochs
+    step_seconds: list = field(default_factory=list)
+    compile_seconds: float = 0.0
+    resumes: int = 0
+
+
+def checkpoint_path(result_path: Path) -> Path:
+    return result_path.with_name(f".{result_path.name}.ckpt")
+
+
+def save(path: Path, state: TrainState, weights: list[np.ndarray], optimizer: list[np.ndarray],
+         config_json: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["config_json"] = config_json
+        f.attrs["state_json"] = json.dumps({
+            "epoch": state.epoch, "batch": state.batch, "rng_state": state.rng_state,
+            "tally": state.tally, "rows": state.rows, "compile_seconds": state.compile_seconds,
+            "resumes": state.resumes,
+        })
+        f.create_dataset("step_seconds", data=np.asarray(state.step_seconds, np.float64))
+        for i, w in enumerate(weights):
+            f.create_dataset(f"weights/{i}", data=w)
+        for i, v in enumerate(optimizer):
+            f.create_dataset(f"optimizer/{i}", data=v)
+    os.replace(tmp, path)
+
+
+def load(path: Path, config_json: str) -> tuple[TrainState, list[np.ndarray], list[np.ndarray]] | None:
+    """The saved state, or None when there is none; refuses a checkpoint of another config."""
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs["config_json"] != config_json:
+                raise CheckpointMismatch(
+                    f"checkpoint {path} belongs to a different configuration; delete it to start afresh")
+            raw = json.loads(f.attrs["state_json"])
+            weights = [f["weights"][str(i)][()] for i in range(len(f["weights"]))]
+            optimizer = [f["optimizer"][str(i)][()] for i in range(len(f["optimizer"]))]
+            steps = list(f["step_seconds"][()])
+    except (OSError, KeyError) as err:
+        raise CheckpointCorrupt(f"checkpoint {path} is unreadable ({err}); delete it to start afresh") from None
+    state = TrainState(raw["epoch"], raw["batch"], raw["rng_state"], raw["tally"], raw["rows"], steps,
+                       raw["compile_seconds"], raw["resumes"])
+    return state, weights, optimizer
+
+
+class CheckpointMismatch(RuntimeError):
+    pass
+
+
+class CheckpointCorrupt(RuntimeError):
+    pass
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on a signal after saving a checkpoint."""
+
+    exit_code = INTERRUPTED_EXIT_CODE
+
+
+class StopOnSignal:
+    """Turns SIGTERM/SIGUSR2 into a flag the training loop polls between steps.
+
+    Stopping between steps (not inside one) is what makes the saved state
+    consistent. Previous handlers are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self, signals=SIGNALS):
+        self.signals = signals
+        self.received: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __enter__(self) -> "StopOnSignal":
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
