@@ -70,10 +70,10 @@ def run_suite(network: str, implementations: list[str], activities: list[float],
 
 def with_speedups(records: list[dict]) -> list[dict]:
     """Add speed-ups against the dense record of the same network (when there is one)."""
-    dense = {r["network"]: r for r in records if r["implementation"] == "dense"}
+    dense = {(r["network"], tuple(r["sizes"])): r for r in records if r["implementation"] == "dense"}
     out = []
     for r in records:
-        d = dense.get(r["network"])
+        d = dense.get((r["network"], tuple(r["sizes"])))
         out.append({**r, "speedup_vs_dense": d["step_ms_median"] / r["step_ms_median"] if d else None,
                     "forward_speedup_vs_dense": d["forward_ms_median"] / r["forward_ms_median"] if d else None})
     return out

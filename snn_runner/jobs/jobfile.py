@@ -43,8 +43,18 @@ class JobFileError(ValueError):
 @dataclass(frozen=True)
 class BenchConfig:
     network: str = "nmnist-base"
+    hidden: tuple = (0,)  # hidden sizes replacing the preset's; (0,) keeps the preset
     steps: int = 5
     warmup: int = 1
+
+    def resolve(self):
+        """The preset network with this config's hidden sizes applied."""
+        from snn_runner.bench.presets import PRESETS
+
+        net = PRESETS[self.network]
+        if self.hidden == (0,):
+            return net
+        return dataclasses.replace(net, sizes=(net.sizes[0], *self.hidden, net.sizes[-1]))
 
     def validate(self) -> None:
         from snn_runner.bench.presets import PRESETS
@@ -52,6 +62,8 @@ class BenchConfig:
         if self.network not in PRESETS:
             raise ConfigError(f"bench.network: invalid value {self.network!r}; expected one of "
                               + ", ".join(sorted(PRESETS)))
+        if self.hidden != (0,) and (not self.hidden or any(n < 1 for n in self.hidden)):
+            raise ConfigError(f"bench.hidden: invalid value {list(self.hidden)!r}; expected positive layer sizes")
         if self.steps < 5:
             raise ConfigError(f"bench.steps: invalid value {self.steps!r}; expected an integer >= 5")
         if self.warmup < 0:

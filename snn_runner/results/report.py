@@ -22,20 +22,31 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['implementation']}{act} #{int(row['task_index'])}" if row["task_index"] != "" else row["file"]
 
 
+def _net_key(row: dict[str, Any]) -> tuple[str, str]:
+    return row["network"], row["sizes"]
+
+
+def _dense_steps(bench: list[dict]) -> dict[tuple[str, str], float]:
+    """Dense step time per network: the baseline of every speed-up."""
+    return {_net_key(r): float(r["step_ms_median"]) for r in bench if r["implementation"] == "dense"}
+
+
 def _bench_plot(rows: list[dict], out: Path) -> Path | None:
     bench = [r for r in rows if r["kind"] == "bench"]
     if not bench:
         return None
-    dense = {r["network"]: float(r["step_ms_median"]) for r in bench if r["implementation"] == "dense"}
+    dense = _dense_steps(bench)
+    several = len({r["sizes"] for r in bench}) > 1
     by_impl = defaultdict(list)
     for r in bench:
-        by_impl[r["implementation"]].append((float(r["max_activity"]), float(r["step_ms_median"]), r["network"]))
+        name = f"{r['implementation']} {r['sizes']}" if several else r["implementation"]
+        by_impl[name].append((float(r["max_activity"]), float(r["step_ms_median"]), _net_key(r)))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for impl, points in sorted(by_impl.items()):
         points.sort()
         acts = [p[0] for p in points]
         ax1.plot(acts, [p[1] for p in points], "o-", label=impl)
-        if impl != "dense" and all(p[2] in dense for p in points):
+        if not impl.startswith("dense") and all(p[2] in dense for p in points):
             ax2.plot(acts, [dense[p[2]] / p[1] for p in points], "o-", label=impl)
     ax1.set(xlabel="max_activity (hidden capacity fraction)", ylabel="training step (ms, median)", yscale="log",
             title="Step time vs activity")
@@ -110,15 +121,15 @@ def _markdown(rows: list[dict], images: list[Path]) -> str:
     lines = ["# snn-runner report", ""]
     bench = [r for r in rows if r["kind"] == "bench"]
     if bench:
-        dense = {r["network"]: float(r["step_ms_median"]) for r in bench if r["implementation"] == "dense"}
-        lines += ["## Benchmark", "", "| implementation | max_activity | step ms | forward ms | speed-up vs dense "
-                  "| spike rate % per layer | dropped/step | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
-        for r in sorted(bench, key=lambda r: (float(r["max_activity"]), r["implementation"])):
-            d = dense.get(r["network"])
+        dense = _dense_steps(bench)
+        lines += ["## Benchmark", "", "| network | implementation | max_activity | step ms | forward ms | speed-up vs dense "
+                  "| spike rate % per layer | dropped/step | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(bench, key=lambda r: (r["sizes"], float(r["max_activity"]), r["implementation"])):
+            d = dense.get(_net_key(r))
             step = float(r["step_ms_median"])
             speed = "" if d is None else f"{d / step:.2f}x"
             rates = " / ".join(f"{100 * x:.2f}" for x in json.loads(r["spike_rate"]))
-            lines.append(f"| {r['implementation']} | {float(r['max_activity']):g} | {step:.1f} "
+            lines.append(f"| {r['sizes']} | {r['implementation']} | {float(r['max_activity']):g} | {step:.1f} "
                          f"| {float(r['forward_ms_median']):.1f} | {speed} | {rates} "
                          f"| {float(r['dropped_spikes']):.0f} | {float(r['peak_rss_mb']):.0f} |")
         lines.append("")

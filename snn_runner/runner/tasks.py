@@ -35,12 +35,10 @@ def run_train_task(job: Job, task: Task, output_dir: Path | None = None, log: Ca
 def run_bench_tasks(job: Job, tasks: list[Task], output_dir: Path | None = None,
                     log: Callable[[str], None] = print) -> list[dict]:
     """Time each bench task in its own process, side by side; one result file per task."""
-    from snn_runner.bench.presets import PRESETS
     from snn_runner.bench.suite import run_case_isolated
     from snn_runner.model import resolve_implementation
     from snn_runner.results.store import write_bench_result
 
-    net = PRESETS[job.bench.network]
     records = []
     for task in tasks:
         path = result_path(job, task, output_dir)
@@ -49,7 +47,7 @@ def run_bench_tasks(job: Job, tasks: list[Task], output_dir: Path | None = None,
             log(f"task {task.index} ({task.task_id}): already done: {path}")
             continue
         bench = task.bench
-        rec = run_case_isolated((bench.network, net, implementation,
+        rec = run_case_isolated((bench.network, bench.resolve(), implementation,
                                  task.config.model.max_activity, bench.steps, bench.warmup, task.config.train.seed))
         write_bench_result(path, task.config.to_dict(), task_attrs(job, task), rec)
         log(f"task {task.index} ({task.task_id}) {implementation} max_activity {rec['max_activity']}: "
