@@ -172,12 +172,9 @@ class _runtime_errors:
         from snn_runner.runner.checkpoint import CheckpointCorrupt, CheckpointMismatch
         from snn_runner.sparse.library import OpsNotBuiltError
 
-        fixable = (OpsNotBuiltError, CheckpointCorrupt, CheckpointMismatch, FileNotFoundError)
-        try:
-            from snn_runner.data import DatasetError  # provided by the event-data pipeline
-            fixable += (DatasetError,)
-        except ImportError:
-            pass
+        from snn_runner.data import DataError
+
+        fixable = (OpsNotBuiltError, CheckpointCorrupt, CheckpointMismatch, FileNotFoundError, DataError)
         if exc_type is not None and issubclass(exc_type, fixable):
             raise click.ClickException(str(exc)) from None
         return False
@@ -303,6 +300,61 @@ def bench(ctx, job, task_spec, output_dir, network, implementations, activities,
 
 
 @cli.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--image", default=None, metavar="IMAGE.sif",
+              help="Run each task's Python inside this image (resources.launcher exec IMAGE python3)  "
+                   "[default: resources.image, else this host's Python]")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for results, checkpoints and Slurm logs  [default: the job's output]")
+@click.option("--tasks", "task_spec", default=None, metavar="LIST", help="Only these tasks, e.g. 0-9,12.")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch script(s) and the task list; submit nothing.")
+def submit(job, image, output_dir, task_spec, dry_run):
+    """Send a job file's unfinished tasks to Slurm as job arrays (via submitit).
+
+    Tasks whose result file is complete, or that are still queued from an
+    earlier submission, are skipped. Each task runs the same code as
+    `snn-runner train/bench JOB --task N`, checkpoints every epoch and on
+    SIGUSR2/SIGTERM, and is requeued on timeout.
+    """
+    from snn_runner.slurm.submit import SubmitError, submit as submit_tasks
+
+    job = _job_or_fail(job)
+    tasks = _select_tasks(job, task_spec)
+    if dry_run:
+        for t in tasks:
+            log(f"task {t.index:4d}  {t.task_id}  {' '.join(f'{k}={v}' for k, v in t.overrides.items()) or '(base)'}")
+    try:
+        records = submit_tasks(job, tasks, output_dir, image or job.resources.image or None, dry_run, log)
+    except SubmitError as err:
+        raise click.ClickException(str(err)) from None
+    if records:
+        log(f"follow with: snn-runner status {output_dir or job.output}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def status(folder):
+    """Per task of the job submitted into FOLDER: done, pending, running, failed (with its error) or interrupted.
+
+    Exit code 0 when every task is done, 3 otherwise.
+    """
+    from snn_runner.slurm.status import task_statuses
+    from snn_runner.slurm.submit import read_submissions
+
+    records = read_submissions(folder)
+    if not records:
+        raise click.ClickException(f"{folder}: no submissions recorded here (expected {folder}/.snn-submissions.jsonl "
+                                   "written by `snn-runner submit`)")
+    job = _job_or_fail(Path(records[-1]["job_file"]))
+    counts = {}
+    for st in task_statuses(job, folder):
+        counts[st.state] = counts.get(st.state, 0) + 1
+        log(f"{st.index:4d}  {st.task_id}  {st.state:<13} {st.job_id:<12} {st.detail}")
+    log("summary: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    sys.exit(0 if set(counts) == {"done"} else 3)
+
+
+@cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "table", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Table to write: .h5 (for `report`) or .csv.")
@@ -370,6 +422,15 @@ def inspect(file):
             log(f"INVALID: {p}")
         sys.exit(1)
     log("valid: schema version " + str(rec["attrs"].get("schema_version")))
+
+
+def _register_subgroups() -> None:
+    from snn_runner.data.cli_commands import data
+
+    cli.add_command(data)
+
+
+_register_subgroups()
 
 
 def main() -> None:

@@ -117,6 +117,10 @@ class StopOnSignal:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
+    def previous_handler(self, signum):
+        """The handler that was installed before this one (e.g. submitit's requeue)."""
+        return self._previous.get(signum)
+
     @property
     def requested(self) -> bool:
         return self.received is not None

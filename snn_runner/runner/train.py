@@ -103,7 +103,7 @@ def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print
     ckpt_path = checkpoint.checkpoint_path(output)
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
     implementation = resolve_implementation(cfg.model.implementation)
-    train_set, test_set = load_dataset(cfg.data)
+    train_set, test_set = load_dataset(cfg.data, log)
     spec = NetworkSpec.from_config(cfg.model, train_set.channels, train_set.classes, train_set.capacity)
     params = Parameters(spec, cfg.train.seed)
     model = build_model(implementation, spec, params)
@@ -182,7 +182,9 @@ def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print
                               f"{ckpt_path}; run the same command again to resume")
 
     spikes = _record_spikes(steps, test_set)
-    run_attrs = {"implementation": implementation, "resumes": state.resumes, "sizes": np.asarray(spec.sizes),
+    data_report = {"train": getattr(train_set, "report", {}), "test": getattr(test_set, "report", {})}
+    run_attrs = {"data_report_json": json.dumps(data_report, sort_keys=True, default=str),
+                 "implementation": implementation, "resumes": state.resumes, "sizes": np.asarray(spec.sizes),
                  "capacities": np.asarray(spec.capacities), **(attrs or {})}
     write_train_result(output, cfg.to_dict(), run_attrs, state.rows, state.step_seconds, state.compile_seconds,
                        GRAPH_MODE, spikes)

@@ -1,0 +1,254 @@
+"""The on-disk cache of preprocessed splits: one HDF5 file per parameter set.
+
+File name ``<dataset>-<key>.h5`` where key is a SHA-256 over every parameter
+that changes the tensors (see ``pipeline.cache_params``), so a changed
+parameter is a new entry and an entry is never reinterpreted.
+
+Layout (format version ``FORMAT_VERSION``):
+
+- root attributes: ``format_version``, ``key``, ``params`` (JSON), ``capacity``
+  (K_in, or the busiest bin over all splits when K_in is 0), ``created``, and
+  ``complete`` = 1, written last;
+- one group per split (``train``, ``test``) with attributes ``channels``,
+  ``classes``, ``time_steps`` and datasets ``ids`` (the kept ids of all
+  samples, ragged: bin after bin, sample after sample; gzip), ``count``
+  ``[N, T]``, ``labels`` ``[N]``, ``source_index`` ``[N]`` (position of the
+  sample in tonic's sorted split) and ``stats/<name>`` ``[N]`` per-sample
+  counters (see ``STATS``).
+
+Writes go to a temporary file in the cache folder and are renamed over the
+entry when complete (``os.replace`` is atomic within one file system), so a
+reader sees either no entry or a whole one. Builders of the same entry
+serialise on an ``flock`` of ``<entry>.lock`` so a sweep that starts many tasks
+at once bins the data once; where the file system refuses locks, they build in
+parallel and the last rename wins (both files are identical). A file that
+cannot be read back completely (truncated, foreign, older format) is reported
+by ``read_entry`` as ``CacheEntryInvalid`` and rebuilt by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from snn_runner.data.errors import CacheError
+
+FORMAT_VERSION = 1
+# Per-sample counters kept next to the tensors, for the report.
+SPLIT_NAMES = ("train", "test")
+STATS = ("events", "denoised", "outside", "duplicates", "capped", "peak")
+_FLUSH_IDS = 1 << 20  # ids buffered before a write to the resizable dataset
+_ID_CHUNK = 1 << 16
+
+
+class CacheEntryInvalid(Exception):
+    """The entry file exists but cannot be used; the message says why."""
+
+
+@dataclass
+class RaggedSplit:
+    ids: np.ndarray  # kept ids, ragged (uint16 or int32) [count.sum()]
+    count: np.ndarray  # int32 [N, T]
+    labels: np.ndarray  # int64 [N]
+    source_index: np.ndarray  # int64 [N]
+    stats: dict[str, np.ndarray]  # int64 [N] each, keys STATS
+    channels: int
+    classes: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Entry:
+    path: Path
+    capacity: int
+    params: dict
+    splits: dict[str, RaggedSplit] = field(default_factory=dict)
+
+
+def cache_key(params: dict) -> str:
+    blob = json.dumps({"format_version": FORMAT_VERSION, **params}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def entry_path(cache_dir: Path, dataset: str, key: str) -> Path:
+    return Path(cache_dir) / f"{dataset}-{key[:24]}.h5"
+
+
+def ensure_folder(cache_dir: Path) -> None:
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(cache_dir) / f".write-test-{os.getpid()}-{secrets.token_hex(4)}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise CacheError(f"cannot write the preprocessing cache folder {cache_dir}: {err.strerror or err}. "
+                         f"Point data.cache_dir, --cache-dir or SNN_RUNNER_CACHE_DIR at a writable folder "
+                         f"(the data folder may be bound read-only).") from err
+
+
+class _SplitWriter:
+    def __init__(self, group: h5py.Group, samples: int, time_steps: int, channels: int, classes: int):
+        self.group = group
+        group.attrs.update(channels=channels, classes=classes, time_steps=time_steps)
+        id_dtype = np.uint16 if channels <= np.iinfo(np.uint16).max else np.int32
+        self.ids = group.create_dataset("ids", (0,), dtype=id_dtype, maxshape=(None,), chunks=(_ID_CHUNK,),
+                                        compression="gzip", compression_opts=4, shuffle=True)
+        self.count = np.zeros((samples, time_steps), np.int32)
+        self.labels = np.zeros(samples, np.int64)
+        self.source_index = np.zeros(samples, np.int64)
+        self.stats = {name: np.zeros(samples, np.int64) for name in STATS}
+        self.n = 0
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+
+    def add(self, ids: np.ndarray, count: np.ndarray, label: int, source_index: int, **stats: int) -> None:
+        self.count[self.n] = count
+        self.labels[self.n] = label
+        self.source_index[self.n] = source_index
+        for name in STATS:
+            self.stats[name][self.n] = stats[name]
+        self.n += 1
+        self._buffer.append(ids)
+        self._buffered += len(ids)
+        if self._buffered >= _FLUSH_IDS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        block = np.concatenate(self._buffer)
+        start = self.ids.shape[0]
+        self.ids.resize((start + len(block),))
+        self.ids[start:] = block
+        self._buffer, self._buffered = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        if self.n != len(self.labels):
+            raise RuntimeError(f"split {self.group.name}: {self.n} of {len(self.labels)} samples written")
+        opts = dict(compression="gzip", compression_opts=4, shuffle=True)
+        self.group.create_dataset("count", data=self.count.astype(np.uint16 if self.count.max(initial=0) <
+                                                                  65536 else np.int32), **opts)
+        self.group.create_dataset("labels", data=self.labels)
+        self.group.create_dataset("source_index", data=self.source_index)
+        for name, values in self.stats.items():
+            self.group.create_dataset(f"stats/{name}", data=values)
+
+
+class EntryWriter:
+    """Context manager: writes a temporary file, renames it to ``path`` on success."""
+
+    def __init__(self, path: Path, key: str, params: dict):
+        self.path = Path(path)
+        self.key = key
+        self.params = params
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        self.file: h5py.File | None = None
+
+    def __enter__(self) -> "EntryWriter":
+        try:
+            self.file = h5py.File(self.tmp, "w", locking=False)
+        except OSError as err:
+            raise CacheError(f"cannot create {self.tmp}: {err}") from err
+        self.file.attrs.update(format_version=FORMAT_VERSION, key=self.key,
+                               params=json.dumps(self.params, sort_keys=True), created=time.time())
+        return self
+
+    def split(self, name: str, samples: int, time_steps: int, channels: int, classes: int) -> _SplitWriter:
+        return _SplitWriter(self.file.create_group(name), samples, time_steps, channels, classes)
+
+    def finish(self, capacity: int) -> None:
+        self.file.attrs["capacity"] = capacity
+        self.file.attrs["complete"] = 1  # last: a file without it was interrupted
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        complete = exc_type is None and self.file is not None and self.file.attrs.get("complete") == 1
+        if self.file is not None:
+            self.file.close()
+        if complete:
+            os.replace(self.tmp, self.path)
+        else:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+
+
+def read_entry(path: Path, key: str) -> Entry:
+    """The whole entry, checked; ``CacheEntryInvalid`` when anything is off."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            attrs = dict(f.attrs)
+            if attrs.get("complete") != 1:
+                raise CacheEntryInvalid("incomplete (the build that wrote it was interrupted)")
+            if attrs.get("format_version") != FORMAT_VERSION or attrs.get("key") != key:
+                raise CacheEntryInvalid(f"format {attrs.get('format_version')} / key mismatch")
+            entry = Entry(Path(path), int(attrs["capacity"]), json.loads(attrs["params"]))
+            for name, group in f.items():
+                split = RaggedSplit(
+                    ids=group["ids"][()],
+                    count=group["count"][()].astype(np.int32),
+                    labels=group["labels"][()],
+                    source_index=group["source_index"][()],
+                    stats={s: group[f"stats/{s}"][()] for s in STATS},
+                    channels=int(group.attrs["channels"]),
+                    classes=int(group.attrs["classes"]),
+                )
+                if int(split.count.sum()) != len(split.ids) or len(split.count) != len(split.labels):
+                    raise CacheEntryInvalid(f"split {name}: {len(split.ids)} ids for a count total of "
+                                            f"{int(split.count.sum())}")
+                if split.count.size and int(split.count.max()) > entry.capacity:
+                    raise CacheEntryInvalid(f"split {name}: a bin exceeds the capacity {entry.capacity}")
+                entry.splits[name] = split
+            missing = [name for name in SPLIT_NAMES if name not in entry.splits]
+            if missing:
+                raise CacheEntryInvalid(f"no {', '.join(missing)} split")
+    except CacheEntryInvalid:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py reports truncation and damage as these
+        raise CacheEntryInvalid(f"{type(err).__name__}: {err}") from err
+    return entry
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries of ``path`` left by crashed builds (call only while holding the lock)."""
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def build_lock(path: Path, log):
+    """Exclusive lock per entry; yields True when held, False where locks are unsupported."""
+    import fcntl
+
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise CacheError(f"cannot create the lock file {lock_path}: {err.strerror or err}") from err
+    try:
+        held = True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"cache: another process is building {Path(path).name}; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            log(f"cache: {lock_path.parent} does not support file locks ({err.strerror}); building unlocked")
+            held = False
+        yield held
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,0 +1,82 @@
+"""Splits as ``EventSet``s: train, optional validation carved from train, test."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from snn_runner.config import DataConfig
+from snn_runner.data.cache import RaggedSplit
+from snn_runner.data.errors import DataError
+from snn_runner.data.events import EventSet, expand
+from snn_runner.data.report import split_report
+
+_VALIDATION_STREAM = 3  # sub-stream of cfg.seed, apart from those of prepare
+
+
+def validation_indices(samples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(train, validation) sample indices, both sorted; validation None when fraction is 0.
+
+    The draw depends only on (samples, fraction, seed), so every task of a
+    sweep holds out the same samples.
+    """
+    if fraction <= 0:
+        return np.arange(samples), None
+    if samples < 2:
+        raise DataError(f"validation_fraction {fraction} needs at least 2 training samples, there are {samples}")
+    held_out = min(max(int(round(fraction * samples)), 1), samples - 1)
+    order = np.random.default_rng([seed, _VALIDATION_STREAM]).permutation(samples)
+    return np.sort(order[held_out:]), np.sort(order[:held_out])
+
+
+def ragged_to_eventset(split: RaggedSplit, capacity: int, indices: np.ndarray | None = None) -> EventSet:
+    """Padded ``EventSet`` of the given samples (sorted indices; None: all)."""
+    if indices is None:
+        flat, count, labels, capped = split.ids, split.count, split.labels, split.stats["capped"]
+    else:
+        chosen = np.zeros(len(split), bool)
+        chosen[indices] = True
+        flat = split.ids[np.repeat(chosen, split.count.sum(axis=1))]
+        count, labels, capped = split.count[indices], split.labels[indices], split.stats["capped"][indices]
+    return EventSet(expand(flat, count, capacity), count, labels.astype(np.int64), split.channels, split.classes,
+                    int(capped.sum()))
+
+
+def load_splits(cfg: DataConfig, log: Callable[[str], None] = print) -> dict[str, EventSet]:
+    """``{"train", ["validation",] "test"}`` EventSets sharing one capacity, each with a report."""
+    if cfg.dataset == "randman":
+        return _randman_splits(cfg)
+    from snn_runner.data.pipeline import prepare
+
+    prepared = prepare(cfg, log)
+    entry = prepared.entry
+    train = entry.splits["train"]
+    train_idx, val_idx = validation_indices(len(train), cfg.validation_fraction, cfg.seed)
+    parts = [("train", train, train_idx if val_idx is not None else None)]
+    if val_idx is not None:
+        parts.append(("validation", train, val_idx))
+    parts.append(("test", entry.splits["test"], None))
+    sets = {}
+    for name, split, idx in parts:
+        ev = ragged_to_eventset(split, entry.capacity, idx)
+        stats = split.stats if idx is None else {k: v[idx] for k, v in split.stats.items()}
+        ev.report = split_report(cfg.dataset, name, ev.count, entry.capacity, ev.channels, cfg.dt_ms, stats)
+        ev.report["cache_file"] = str(entry.path)
+        sets[name] = ev
+    return sets
+
+
+def _randman_splits(cfg: DataConfig) -> dict[str, EventSet]:
+    from snn_runner.data.randman import load_randman
+
+    train, test = load_randman(cfg)
+    train_idx, val_idx = validation_indices(len(train), cfg.validation_fraction, cfg.seed)
+    sets = {"train": train}
+    if val_idx is not None:
+        sets = {"train": train.subset(train_idx), "validation": train.subset(val_idx)}
+    sets["test"] = test
+    for name, ev in sets.items():
+        ev.report = split_report("randman", name, ev.count, ev.capacity, ev.channels, None,
+                                 dropped=ev.dropped_events)
+    return sets

@@ -1,0 +1,72 @@
+"""Where each task of a submitted job stands, read from its output folder and Slurm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from snn_runner.jobs import Job
+from snn_runner.results.schema import is_complete
+from snn_runner.runner.checkpoint import checkpoint_path
+from snn_runner.runner.tasks import result_path
+from snn_runner.slurm.submit import ACTIVE_STATES, job_states, read_submissions
+
+
+@dataclass
+class TaskStatus:
+    index: int
+    task_id: str
+    state: str  # done | pending | running | failed | interrupted | not submitted
+    job_id: str = ""
+    detail: str = ""
+
+
+def _error_line(log_folder: str, job_id: str) -> str:
+    """The last line of the task's traceback (submitit's result pickle or stderr)."""
+    import submitit
+    from submitit.core.utils import pickle_load
+
+    paths = submitit.SlurmJob(folder=log_folder, job_id=job_id).paths
+    try:
+        outcome, payload = pickle_load(paths.result_pickle)
+        if outcome == "error":
+            lines = [ln for ln in str(payload).splitlines() if ln.strip()]
+            return lines[-1].strip() if lines else "failed"
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
+    try:
+        lines = [ln for ln in paths.stderr.read_text().splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+        return (errors or lines or ["failed (no log)"])[-1].strip()
+    except OSError:
+        return "failed (no log)"
+
+
+def task_statuses(job: Job, output_dir: Path | None = None) -> list[TaskStatus]:
+    out = Path(output_dir or job.output).resolve()
+    latest = {}
+    for rec in read_submissions(out):
+        latest[rec["task_id"]] = rec  # the last submission of a task wins
+    states = job_states([r["job_id"] for r in latest.values()])
+    result = []
+    for task in job.tasks():
+        rec = latest.get(task.task_id)
+        path = result_path(job, task, out)
+        if is_complete(path):
+            result.append(TaskStatus(task.index, task.task_id, "done", rec["job_id"] if rec else "", str(path)))
+            continue
+        if rec is None:
+            state = "interrupted" if checkpoint_path(path).exists() else "not submitted"
+            result.append(TaskStatus(task.index, task.task_id, state))
+            continue
+        slurm = states.get(rec["job_id"], "UNKNOWN")
+        if slurm in ACTIVE_STATES:
+            state = "running" if slurm in ("RUNNING", "COMPLETING") else "pending"
+            result.append(TaskStatus(task.index, task.task_id, state, rec["job_id"], slurm))
+        elif checkpoint_path(path).exists() and slurm not in ("FAILED", "COMPLETED"):
+            result.append(TaskStatus(task.index, task.task_id, "interrupted", rec["job_id"],
+                                     f"{slurm}; checkpoint saved, resubmit to resume"))
+        else:
+            result.append(TaskStatus(task.index, task.task_id, "failed", rec["job_id"],
+                                     f"{slurm}: {_error_line(rec['log_folder'], rec['job_id'])}"))
+    return result

@@ -1,0 +1,166 @@
+"""Send a job file's unfinished tasks to Slurm as job arrays (client side)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from snn_runner.jobs import Job, Task
+from snn_runner.results.schema import is_complete
+from snn_runner.runner.tasks import result_path
+
+SUBMISSIONS = ".snn-submissions.jsonl"  # one line per submitted task, in the output folder
+LOG_FOLDER = "slurm-logs"
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
+                 "REQUEUE_HOLD", "REQUEUE_FED")
+
+
+class SubmitError(RuntimeError):
+    pass
+
+
+def python_command(job: Job, image: str | None) -> str:
+    """The interpreter each task runs: the host's, or the image's through apptainer/singularity."""
+    if not image:
+        return shlex.quote(sys.executable)
+    res = job.resources
+    parts = [res.launcher, "exec"]
+    if res.gpus > 0:
+        parts.append("--nv")
+    for bind in res.binds:
+        parts += ["-B", bind]
+    parts += [image, "python3"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def sbatch_parameters(job: Job) -> dict:
+    res = job.resources
+    params = {
+        "job_name": f"snn-{job.name}",
+        "time": res.time_min,
+        "cpus_per_task": res.cpus_per_task,
+        "mem": f"{int(res.mem_gb * 1024)}MB",
+        "array_parallelism": res.array_parallelism,
+        "signal_delay_s": res.signal_delay_s,
+        "setup": list(res.setup),
+    }
+    for key, value in (("partition", res.partition), ("account", res.account), ("qos", res.qos)):
+        if value:
+            params[key] = value
+    if res.gpus:
+        params["gpus_per_node"] = res.gpus
+    return params
+
+
+def max_array_size() -> int:
+    """Slurm's MaxArraySize (array indices must stay below it); 1001 when it cannot be read."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 1001
+    for line in out.splitlines():
+        if line.strip().startswith("MaxArraySize"):
+            return int(line.split("=", 1)[1].strip())
+    return 1001
+
+
+def chunks(tasks: list[Task], size: int) -> list[list[Task]]:
+    return [tasks[i:i + size] for i in range(0, len(tasks), size)]
+
+
+def read_submissions(output_dir: Path) -> list[dict]:
+    path = output_dir / SUBMISSIONS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash; the rest is still good
+    return rows
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm state per job id (array tasks as JOB_INDEX), from sacct, else squeue."""
+    if not job_ids:
+        return {}
+    states = {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(sorted(set(
+            j.split("_")[0] for j in job_ids)))], capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines():
+            jid, _, state = line.partition("|")
+            states[jid] = state.split()[0] if state else "UNKNOWN"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True,
+                             timeout=30).stdout
+        for line in out.splitlines():
+            jid, _, state = line.partition("|")
+            states[jid] = state  # squeue is current; sacct can lag behind a requeue
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return states
+
+
+def submit(job: Job, tasks: list[Task], output_dir: Path | None = None, image: str | None = None,
+           dry_run: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+    """Submit the tasks that are neither done nor already queued; returns one record per task sent."""
+    import submitit
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from snn_runner.slurm.task import TaskRunner
+
+    out = Path(output_dir or job.output).resolve()
+    done = [t for t in tasks if is_complete(result_path(job, t, out))]
+    previous = {r["task_id"]: r for r in read_submissions(out)}
+    states = job_states([r["job_id"] for r in previous.values()]) if previous and not dry_run else {}
+    queued = [t for t in tasks if t not in done and t.task_id in previous
+              and states.get(previous[t.task_id]["job_id"]) in ACTIVE_STATES]
+    todo = [t for t in tasks if t not in done and t not in queued]
+    log(f"submit {job.name}: {len(tasks)} task(s): {len(done)} done, {len(queued)} already queued, "
+        f"{len(todo)} to submit -> {out}")
+    if not todo:
+        return []
+    params = sbatch_parameters(job)
+    python = python_command(job, image)
+    folder = out / LOG_FOLDER / "%j"
+    limit = max(1, max_array_size() - 1) if not dry_run else 1000
+    groups = chunks(todo, limit)
+    if dry_run:
+        command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+        for group in groups:
+            log(f"--- sbatch script for tasks {[t.index for t in group]} ---")
+            log(_make_sbatch_string(command=command, folder=str(folder), map_count=len(group), **params))
+        return []
+    try:
+        executor = submitit.SlurmExecutor(folder=folder, python=python)
+    except RuntimeError as err:
+        raise SubmitError(f"cannot submit: {err} (is this a Slurm login node? try scripts/slurm-local start)")
+    executor.update_parameters(**params)
+    job_file = str(job.path.resolve())
+    records = []
+    out.mkdir(parents=True, exist_ok=True)
+    for group in groups:
+        runner = TaskRunner()
+        try:
+            slurm_jobs = executor.map_array(runner, [job_file] * len(group), [t.index for t in group],
+                                            [str(out)] * len(group))
+        except Exception as err:  # sbatch rejected it: name the reason, keep what was sent before
+            raise SubmitError(f"sbatch refused the array for tasks {[t.index for t in group]}: {err}") from None
+        with open(out / SUBMISSIONS, "a") as fh:
+            for t, sj in zip(group, slurm_jobs):
+                rec = {"job_file": job_file, "task_index": t.index, "task_id": t.task_id, "job_id": sj.job_id,
+                       "log_folder": str(folder), "submitted_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                fh.write(json.dumps(rec) + "\n")
+                records.append(rec)
+        log(f"submitted array {slurm_jobs[0].job_id.split('_')[0]} with {len(group)} task(s): "
+            f"{[t.index for t in group]}")
+    return records

@@ -1,0 +1,55 @@
+"""What one Slurm array task runs: the same code path as `snn-runner train/bench --task N`.
+
+The callable is submitit-checkpointable: on the timeout signal (USR2) it
+finishes the current training step, saves the run's checkpoint, and lets
+submitit requeue it; the requeued task resumes from that checkpoint. On
+SIGTERM (`scontrol requeue`, preemption, scancel) it saves and exits without
+a result, and Slurm's own requeue (if any) resumes it the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import submitit
+
+from snn_runner.runner.checkpoint import INTERRUPTED_EXIT_CODE, Interrupted, StopOnSignal
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+class TaskRunner(submitit.helpers.Checkpointable):
+    """Run task ``index`` of the job file ``job_path``, writing into ``output_dir``."""
+
+    def __call__(self, job_path: str, index: int, output_dir: str) -> str:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from snn_runner.jobs import load_job
+        from snn_runner.runner.tasks import result_path, run_bench_tasks, run_train_task
+
+        job = load_job(job_path)
+        task = job.tasks()[index]
+        out = Path(output_dir)
+        if job.kind == "bench":
+            run_bench_tasks(job, [task], out, log=_log)
+            return str(result_path(job, task, out))
+        with StopOnSignal() as stop:
+            try:
+                run_train_task(job, task, out, log=_log, stop=stop)
+            except Interrupted as err:
+                _log(f"interrupted: {err}")
+                previous = stop.previous_handler(stop.received)
+                if stop.received != signal.SIGTERM and callable(previous):
+                    previous(stop.received, None)  # submitit: checkpoint() + requeue + exit
+                # SIGTERM: leave no result behind so a Slurm requeue starts the task afresh (and resumes)
+                sys.stdout.flush()
+                os._exit(INTERRUPTED_EXIT_CODE)
+        return str(result_path(job, task, out))
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        # The run's own checkpoint file holds the state; requeue the same call.
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
