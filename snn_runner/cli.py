@@ -12,7 +12,7 @@ import click
 import numpy as np
 
 from snn_runner.bench.presets import PRESETS
-from snn_runner.config import DATASETS, IMPLEMENTATIONS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from snn_runner.config import BACKENDS, DATASETS, IMPLEMENTATIONS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 # TensorFlow's C++ start-up chatter drowns the progress lines in batch logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -110,11 +110,14 @@ def _interrupted(err) -> None:
               default=_defaults.model.max_activity, show_default=True,
               help="Hidden-layer spike capacity as a fraction of the layer size (sparse implementations).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, data order and randman.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="cpu", show_default=True,
+              help="cpu: TensorFlow with the compiled CPU ops; ipu: Graphcore IPU (needs tensorflow-ipu and the "
+                   "Poplar SDK).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Result file to write  [default: results/<dataset>-<implementation>-<time>.h5]")
 @click.pass_context
 def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, epochs, batch_size, learning_rate,
-          hidden, time_steps, max_activity, seed, output):
+          hidden, time_steps, max_activity, seed, backend, output):
     """Train networks and write metrics, timings and spikes to HDF5.
 
     With JOB (a YAML job file): run its tasks (all, or those of --task), one
@@ -143,7 +146,8 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
             model=ModelConfig(hidden=hidden, max_activity=max_activity, implementation=implementation),
             data=DataConfig(dataset=dataset, time_steps=time_steps, seed=seed,
                             data_dir=str(data_dir) if data_dir else ""),
-            train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed),
+            train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                              backend=backend),
         ).validate()
     except ConfigError as err:
         raise click.UsageError(str(err)) from None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IMPLEMENTATIONS = ("dense", "sparse_ops", "sparse_layer")
+BACKENDS = ("cpu", "ipu")
 DATASETS = ("randman", "nmnist", "shd", "dvsgesture")
 
 
@@ -100,8 +101,11 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 2e-3
     seed: int = 0
+    backend: str = "cpu"  # cpu (TensorFlow CPU/GPU) or ipu (tensorflow-ipu with the Poplar ops)
 
     def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            _fail("train.backend", self.backend, "one of " + ", ".join(BACKENDS))
         _check_min("train.epochs", self.epochs, 1)
         _check_min("train.batch_size", self.batch_size, 1)
         _check_positive("train.learning_rate", self.learning_rate)

@@ -99,6 +99,10 @@ def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print
     from snn_runner.runner.steps import Steps
 
     cfg.validate()
+    if cfg.train.backend == "ipu":
+        from snn_runner.ipu.backend import require_ipu
+
+        require_ipu()  # fails here, before any data or model work, when the IPU stack is absent
     output = Path(output)
     ckpt_path = checkpoint.checkpoint_path(output)
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
