@@ -95,9 +95,9 @@ grad_values[b, k] = dot(weights[ids[b, k], :], grad_y[b, :]) for every slot
   whose id >= 0, including carriers beyond count[b]; 0 for padding.
 )doc");
 
-// Everything a kernel needs after validation, as raw pointers so that the
-// sharded lambdas capture a single reference (keeps std::function inside its
-// small-object buffer, i.e. no heap allocation per call).
+// Everything a kernel needs after validation, as raw pointers. Lambdas handed
+// to the thread pool capture a reference to this (plus at most one pointer),
+// small enough for std::function to store without a heap allocation.
 struct SpikeView {
   const float* weights;
   const int32* ids;
@@ -199,9 +199,9 @@ inline void AddScaledRow(float* __restrict y, const float* __restrict r,
 }
 
 // Float reductions are not reassociated by the compiler without -ffast-math,
-// so independent partial sums are spelled out to let it vectorise; four
-// rows share each load of `b`, and the 4 x 16 accumulators are independent
-// chains, which hides the add latency.
+// so the partial sums are spelled out: 16 lanes map onto SIMD registers, and
+// several independent accumulator chains hide the add/FMA latency. Dot4
+// reuses each load of `b` for four dot products.
 constexpr int kLanes = 16;
 
 inline float Reduce(const float* acc) {
@@ -454,10 +454,16 @@ class SparseBinaryMatmulGradOp : public OpKernel {
     };
     if (v.n_in == 0) return;
     // Per weight row (measured): ~1/4 cycle per element to write the row
-    // out, ~2/5 cycle per element for each slot's axpy + dot.
-    ShardWork(ctx, v.n_in,
-              v.n_out * (5 * v.n_in + 8 * n_slots) / (20 * v.n_in) + 1,
-              rows_work);
+    // out, ~2/5 cycle per element for each slot's axpy + dot. Writing the
+    // dense output is bound by memory bandwidth, which a second core does
+    // not add to, so only the per-slot part decides whether to go parallel.
+    if (2 * n_slots * v.n_out / 5 < kMinParallelCycles) {
+      rows_work(0, v.n_in);
+    } else {
+      ShardWork(ctx, v.n_in,
+                v.n_out * (5 * v.n_in + 8 * n_slots) / (20 * v.n_in) + 1,
+                rows_work);
+    }
     const int64_t n_entries = row_start[v.n_in];
     for (int64_t e = 0; e < n_entries; ++e) grad_v[slot_of[e]] = staged[e];
   }

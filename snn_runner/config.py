@@ -32,8 +32,8 @@ class ModelConfig:
     threshold2_fraction: float = 0.9
     input_scale: float = 10.0  # c in u <- alpha*u + (1-alpha)*c*I
     beta: float = 10.0  # SuperSpike surrogate sharpness
-    weight_scale: float = 1.0  # w_mul: weights ~ U(+-w_mul*sqrt(6/fan_in))
-    max_activity: float = 0.05  # hidden capacity K = ceil(max_activity * n)
+    weight_scale: float = 2.0  # w_mul: weights ~ U(+-w_mul*sqrt(6/fan_in))
+    max_activity: float = 0.1  # hidden capacity K = ceil(max_activity * n)
     implementation: str = "auto"
 
     def validate(self) -> None:
@@ -97,7 +97,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 8
     batch_size: int = 32
     learning_rate: float = 2e-3
     seed: int = 0

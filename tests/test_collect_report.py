@@ -89,7 +89,9 @@ def test_bench_job_collect_report_from_the_command_line(results_dir, tmp_path):
         _assert_real_png(tmp_path / "rep" / name)
     summary = (tmp_path / "rep" / "summary.md").read_text()
     assert "## Benchmark" in summary and "## Training" in summary
-    assert summary.count("| sparse_layer |") == 2 and "| dense | 0.05 |" in summary and "1.00x" in summary
+    bench_part = summary.split("## Training")[0]
+    assert bench_part.count("| sparse_layer |") == 2 and bench_part.count("| dense |") == 1
+    assert "1.00x" in bench_part
     # a re-run skips finished tasks
     assert run("bench", "bench.yaml", "--output-dir", "res").count("already done") == 3
 

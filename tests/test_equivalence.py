@@ -3,7 +3,8 @@
 With K = n and theta2 = -inf the sparse implementations are the dense model:
 same spikes, same logits, same gradients. With a finite theta2 (and no
 drops) the forward pass is the same and the gradients are the dense ones with
-the surrogate masked to neurons above theta2. With drops, the count is exact.
+the surrogate of hidden neurons masked to u > theta2 (readout neurons always
+carry gradients). With drops, the count is exact.
 """
 
 import math
@@ -87,7 +88,9 @@ def test_finite_theta2_matches_dense_with_masked_surrogate(implementation, seed)
     spec, params, ids, count, weight = setup(seed, max_activity=1.0, threshold2_fraction=0.5)
     dense = build_model("dense", spec, params)
     dense_out, plain_grads = run(dense, params, ids, count, weight)
-    dense.spike_fn = masked_spike_fn(spec.beta, spec.threshold2 - spec.threshold)
+    # hidden layers: surrogate only above theta2; the readout layer carries every neuron
+    for l in range(spec.layers - 1):
+        dense.spike_fns[l] = masked_spike_fn(spec.beta, spec.threshold2 - spec.threshold)
     _, masked_grads = run(dense, params, ids, count, weight)
     out, grads = run(build_model(implementation, spec, params), params, ids, count, weight)
     np.testing.assert_array_equal(out.logits.numpy(), dense_out.logits.numpy())

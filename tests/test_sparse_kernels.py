@@ -54,12 +54,12 @@ def ref_select(u, th, th2, capacity):
     dropped = np.zeros(batch, np.int32)
     values = np.zeros((batch, capacity), np.float32)
     for b in range(batch):
-        spiking = [i for i in range(n) if u[b, i] >= th[i]]
-        carriers = [i for i in range(n) if th2[i] < u[b, i] < th[i]]
+        spiking = np.flatnonzero(u[b] >= th)
+        carriers = np.flatnonzero((th2 < u[b]) & (u[b] < th))
         kept = spiking[:capacity]
         count[b] = len(kept)
         dropped[b] = len(spiking) - len(kept)
-        slots = (kept + carriers)[:capacity]
+        slots = np.concatenate([kept, carriers])[:capacity]
         ids[b, : len(slots)] = slots
         values[b, : len(kept)] = 1.0
     return ids, count, dropped, values
@@ -71,11 +71,9 @@ def surrogate(u, th, beta):
 
 def ref_select_grad(u, th, ids, gv, beta):
     gu = np.zeros(u.shape)
-    for b in range(ids.shape[0]):
-        for k in range(ids.shape[1]):
-            i = ids[b, k]
-            if i >= 0:
-                gu[b, i] += gv[b, k] * surrogate(u[b, i], th[i], beta)
+    b, k = np.nonzero(ids >= 0)
+    i = ids[b, k]
+    np.add.at(gu, (b, i), gv[b, k] * surrogate(u[b, i], th[i], beta))
     return gu
 
 
@@ -196,6 +194,21 @@ def test_matmul_grad_carriers_and_padding_hand_example(lib):
     )
 
 
+def test_matmul_grad_weights_use_only_spike_slots(lib):
+    # Carriers normally carry value 0, which would hide a kernel that lets
+    # them into grad_weights; give them non-zero values to expose that.
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(30, 20)).astype(np.float32)
+    ids, count, values = random_spikes(rng, 6, 8, 30)
+    values = np.where(ids >= 0, rng.uniform(0.5, 1.5, size=ids.shape), 0.0).astype(np.float32)
+    assert np.any((np.arange(8)[None, :] >= count[:, None]) & (ids >= 0))
+    gy = rng.normal(size=(6, 20)).astype(np.float32)
+    gw, gv = lib.snn_sparse_binary_matmul_grad(w, ids, count, values, gy)
+    ref_gw, ref_gv = ref_matmul_grad(w, ids, count, values, gy)
+    np.testing.assert_allclose(gw.numpy(), ref_gw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gv.numpy(), ref_gv, rtol=1e-5, atol=1e-5)
+
+
 def test_matmul_grad_is_not_stale_between_calls(lib):
     # The grad output is written into freshly allocated memory each call; a
     # missing zero-fill would leak the previous call's contributions.
@@ -301,7 +314,9 @@ def test_select_minus_inf_threshold2_makes_every_neuron_a_carrier():
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize(
     "batch,n,capacity",
-    [(1, 1, 1), (4, 10, 3), (7, 33, 33), (16, 300, 15), (48, 1470, 146)],
+    # The last size (T*B rows at once) is large enough for the kernel to
+    # split the batch across threads.
+    [(1, 1, 1), (4, 10, 3), (7, 33, 33), (16, 300, 15), (48, 1470, 146), (960, 1470, 146)],
 )
 def test_select_matches_numpy(seed, batch, n, capacity):
     rng = np.random.default_rng(seed)
@@ -323,12 +338,12 @@ def test_select_matches_numpy(seed, batch, n, capacity):
 
 @pytest.mark.parametrize("beta", [10.0, 3.0, 0.0])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_select_surrogate_gradient_matches_numpy(seed, beta):
+@pytest.mark.parametrize("batch,n,capacity", [(6, 40, 12), (960, 1470, 146)])
+def test_select_surrogate_gradient_matches_numpy(seed, beta, batch, n, capacity):
     rng = np.random.default_rng(seed)
-    batch, n, capacity = 6, 40, 12
     th = rng.uniform(0.5, 1.5, size=n).astype(np.float32)
     th2 = (th - 0.4).astype(np.float32)
-    u = (th[None, :] - 0.3 + rng.normal(size=(batch, n)) * 0.3).astype(np.float32)
+    u = (th[None, :] - 0.5 + rng.normal(size=(batch, n)) * 0.3).astype(np.float32)
     gv = rng.normal(size=(batch, capacity)).astype(np.float32)
     u_t = tf.constant(u)
     with tf.GradientTape() as tape:

@@ -37,7 +37,9 @@ class DenseModel:
     def __init__(self, spec: NetworkSpec, params: Parameters):
         self.spec = spec
         self.params = params
-        self.spike_fn = make_spike_fn(spec.beta)
+        # one surrogate per layer, so a layer's surrogate can be swapped (the
+        # equivalence tests mask hidden layers to u > theta2)
+        self.spike_fns = [make_spike_fn(spec.beta) for _ in range(spec.layers)]
 
     def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
         return self._forward(ids, count)[0]
@@ -59,7 +61,7 @@ class DenseModel:
                 x = delay_one_step(x)
             current = tf.einsum("tbn,nm->tbm", x, p.weights[l])
             u = membrane_sequence(current, p.alpha[l], p.threshold[l], spec.input_scale)
-            x = self.spike_fn(u - p.threshold[l])
+            x = self.spike_fns[l](u - p.threshold[l])
             totals.append(tf.reduce_sum(x))
             trains.append(x)
         logits = tf.reduce_sum(x, axis=0)

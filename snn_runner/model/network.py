@@ -65,7 +65,11 @@ class Parameters:
             self.weights.append(tf.Variable(w, name=f"w{l + 1}"))
         self.alpha = [tf.constant(np.full(n, spec.alpha, np.float32)) for n in spec.sizes[1:]]
         self.threshold = [tf.constant(np.full(n, spec.threshold, np.float32)) for n in spec.sizes[1:]]
-        self.threshold2 = [tf.constant(np.full(n, spec.threshold2, np.float32)) for n in spec.sizes[1:]]
+        # The readout layer has full capacity anyway; letting every readout
+        # neuron carry gradients (theta2 = -inf) keeps silent output neurons
+        # trainable, as in the dense model.
+        theta2 = [spec.threshold2] * (spec.layers - 1) + [-np.inf]
+        self.threshold2 = [tf.constant(np.full(n, t2, np.float32)) for n, t2 in zip(spec.sizes[1:], theta2)]
 
     @property
     def trainable(self) -> list[tf.Variable]:

@@ -115,8 +115,10 @@ def select_spikes(
     n = u.shape[1] if u.shape.rank is not None else None
     if threshold.shape.rank is not None:
         _same_dim(threshold.shape[0], n, "threshold length and n = u.shape[1]")
+        n = n if n is not None else threshold.shape[0]
     if threshold2.shape.rank is not None:
         _same_dim(threshold2.shape[0], n, "threshold2 length and n = u.shape[1]")
+        n = n if n is not None else threshold2.shape[0]
     if n is not None and capacity > n:
         raise ValueError(f"capacity K={capacity} exceeds the number of neurons n={n}")
 
