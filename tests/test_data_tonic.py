@@ -116,7 +116,7 @@ def test_dense_frame_is_the_scatter_of_the_ids_and_matches_the_dense_model():
         inside = b < 5
         expected[n, b[inside], c[inside]] = 1  # scatter of the raw events: de-dup is implicit
     np.testing.assert_array_equal(frames, expected)
-    from snn_runner.model.dense import frames_from_sparse
+    from snn_runner.sparse.spikes import frames_from_sparse
 
     np.testing.assert_array_equal(frames_from_sparse(ev.ids, ev.count, 11).numpy(), expected.astype(np.float32))
 

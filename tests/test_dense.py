@@ -4,7 +4,8 @@ import tensorflow as tf
 
 from snn_runner.config import ModelConfig
 from snn_runner.model import NetworkSpec, Parameters
-from snn_runner.model.dense import DenseModel, frames_from_sparse
+from snn_runner.model.dense import DenseModel
+from snn_runner.sparse.spikes import frames_from_sparse
 from tests import reference
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from snn_runner.config import ModelConfig
 from snn_runner.model import NetworkSpec, Parameters, build_model
-from snn_runner.model.dense import frames_from_sparse
+from snn_runner.sparse.spikes import frames_from_sparse
 from snn_runner.neuron.lif import heaviside, superspike_derivative
 from snn_runner.sparse import library
 from tests import reference

@@ -11,19 +11,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
+from snn_runner.sparse.spikes import frames_from_sparse
 from snn_runner.neuron.lif import make_spike_fn, membrane_sequence
-
-
-def frames_from_sparse(ids: tf.Tensor, count: tf.Tensor, n_in: int) -> tf.Tensor:
-    """Dense 0/1 frames [B, T, n_in] holding exactly the spikes of (ids, count)."""
-    shape = tf.shape(ids)
-    b, t, k = shape[0], shape[1], shape[2]
-    valid = tf.sequence_mask(count, k) & (ids >= 0)
-    rows = tf.reshape(tf.range(b * t), [b, t, 1]) * n_in
-    flat = tf.where(valid, rows + ids, b * t * n_in)  # invalid slots -> a spare bin
-    flat = tf.reshape(flat, [-1])
-    dense = tf.math.unsorted_segment_sum(tf.ones_like(flat, tf.float32), flat, b * t * n_in + 1)
-    return tf.reshape(dense[:-1], [b, t, n_in])
 
 
 def delay_one_step(x: tf.Tensor) -> tf.Tensor:

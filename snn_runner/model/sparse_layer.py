@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from snn_runner.model.dense import frames_from_sparse
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
 from snn_runner.sparse.fused import sparse_lif_layer
+from snn_runner.sparse.spikes import frames_from_sparse
 
 
 class SparseLayerModel:

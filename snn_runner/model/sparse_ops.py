@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from snn_runner.model.dense import frames_from_sparse
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
 from snn_runner.neuron.lif import membrane_sequence
 from snn_runner.sparse.ops import select_spikes, sparse_binary_matmul
-from snn_runner.sparse.spikes import SparseSpikes
+from snn_runner.sparse.spikes import SparseSpikes, frames_from_sparse
 
 
 def _time_major(spikes: SparseSpikes) -> SparseSpikes:

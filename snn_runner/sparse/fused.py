@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import List, NamedTuple, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from snn_runner.sparse import library
@@ -27,10 +28,17 @@ class FusedOutput(NamedTuple):
 
 
 def _tensor(value, dtype: tf.DType, name: str, rank: int) -> tf.Tensor:
-    # Silent casts would hide caller mistakes such as passing float ids or
-    # float64 weights (which would also double memory traffic), so refuse them.
-    if isinstance(value, (tf.Tensor, tf.Variable)) and value.dtype != dtype:
-        raise TypeError(f"{name} must be {dtype.name}, got {value.dtype.name}")
+    # Tensors must already have the op's dtype: a silent cast would hide
+    # caller mistakes and cost a copy per step. NumPy arrays and lists are
+    # converted, but only from the same kind (integer ids, float values).
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        if value.dtype != dtype:
+            raise TypeError(f"{name} must be {dtype.name}, got {value.dtype.name}")
+    else:
+        kind = np.asarray(value).dtype.kind
+        wanted = "iu" if dtype.is_integer else "f"
+        if kind not in wanted and not (dtype.is_floating and kind in "iu"):
+            raise TypeError(f"{name} must be {dtype.name}, got an array of {np.asarray(value).dtype}")
     try:
         tensor = tf.convert_to_tensor(value, dtype=dtype)
     except (TypeError, ValueError) as err:
