@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +31,25 @@ def _error_line(log_folder: str, job_id: str) -> str:
     try:
         outcome, payload = pickle_load(paths.result_pickle)
         if outcome == "error":
-            lines = [ln for ln in str(payload).splitlines() if ln.strip()]
-            return lines[-1].strip() if lines else "failed"
+            return _exception_line(str(payload).splitlines()) or "failed"
     except (OSError, EOFError, ValueError, TypeError):
         pass
     try:
-        lines = [ln for ln in paths.stderr.read_text().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "Error" in ln or "Exception" in ln]
-        return (errors or lines or ["failed (no log)"])[-1].strip()
+        return _exception_line(paths.stderr.read_text().splitlines()) or "failed (see the task's log)"
     except OSError:
         return "failed (no log)"
+
+
+def _exception_line(lines: list[str]) -> str:
+    """The 'SomeError: message' line that ends a traceback (messages may span lines)."""
+    heads = [ln.strip() for ln in lines if _EXCEPTION.match(ln)]
+    if heads:
+        return heads[-1]
+    lines = [ln.strip() for ln in lines if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 
 def task_statuses(job: Job, output_dir: Path | None = None) -> list[TaskStatus]:

@@ -161,6 +161,7 @@ def submit(job: Job, tasks: list[Task], output_dir: Path | None = None, image: s
                        "log_folder": str(folder), "submitted_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                 fh.write(json.dumps(rec) + "\n")
                 records.append(rec)
-        log(f"submitted array {slurm_jobs[0].job_id.split('_')[0]} with {len(group)} task(s): "
+        kind = "array" if len(group) > 1 else "job"  # submitit sends a single task as a plain job
+        log(f"submitted {kind} {slurm_jobs[0].job_id.split('_')[0]} with {len(group)} task(s): "
             f"{[t.index for t in group]}")
     return records

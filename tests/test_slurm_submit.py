@@ -1,0 +1,134 @@
+"""`snn-runner submit` / `status` against a real single-node Slurm (started by the fixture)."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snn_runner.results.collect import collect
+from snn_runner.results.store import read_result
+from snn_runner.slurm.submit import read_submissions
+from tests.slurm_fixtures import slurm_cluster  # noqa: F401
+
+TINY = """
+name: {name}
+kind: train
+model: {{hidden: [24], implementation: dense, weight_scale: 3.0}}
+data: {{dataset: randman, channels: 16, classes: 2, time_steps: 15, train_samples_per_class: 30,
+        test_samples_per_class: 10}}
+train: {{epochs: 2, batch_size: 10}}
+resources: {{partition: debug, time_min: 5, cpus_per_task: 1, mem_gb: 1, array_parallelism: 4}}
+"""
+
+LONG = """
+name: long
+kind: train
+model: {hidden: [128, 64], implementation: dense, weight_scale: 3.0}
+data: {dataset: randman, channels: 60, classes: 3, time_steps: 60, train_samples_per_class: 150,
+       test_samples_per_class: 20}
+train: {epochs: 4, batch_size: 5, learning_rate: 0.002}
+resources: {partition: debug, time_min: 10, cpus_per_task: 2, mem_gb: 2}
+"""
+
+
+def cli(*args, cwd, timeout=120):
+    return subprocess.run([sys.executable, "-m", "snn_runner.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def wait_all_done(folder: Path, cwd: Path, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        st = cli("status", str(folder), cwd=cwd)
+        out = st.stdout + st.stderr
+        if st.returncode == 0:
+            return out
+        if " failed " in out:
+            pytest.fail(f"a task failed:\n{out}\n" + "\n".join(
+                p.read_text()[-3000:] for p in folder.rglob("*_log.err")))
+        time.sleep(2)
+    pytest.fail(f"tasks not done within {timeout} s:\n{out}")
+
+
+def test_sweep_runs_as_one_array_and_resubmission_only_sends_missing_tasks(slurm_cluster, tmp_path):
+    job = tmp_path / "sweep.yaml"
+    job.write_text(TINY.format(name="sweep") + "sweep: {grid: {train.seed: [0, 1, 2, 3]}}\n")
+    out = tmp_path / "out"
+    sent = cli("submit", str(job), "--output", str(out), cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    assert "4 to submit" in sent.stdout and "submitted array" in sent.stdout
+    wait_all_done(out, tmp_path)
+
+    coll = collect(out)
+    assert len(coll.rows) == 4 and not coll.skipped
+    array_ids = {r["attrs"]["slurm_array_job_id"] for r in map(read_result, sorted(out.glob("*.h5")))}
+    assert len(array_ids) == 1 and array_ids != {""}, "all four tasks ran in one job array"
+    indices = sorted(read_result(p)["attrs"]["slurm_array_task_id"] for p in out.glob("*.h5"))
+    assert indices == ["0", "1", "2", "3"]
+
+    again = cli("submit", str(job), "--output", str(out), cwd=tmp_path)
+    assert again.returncode == 0 and "4 done" in again.stdout and "0 to submit" in again.stdout
+    assert "submitted array" not in again.stdout
+
+    victim = sorted(out.glob("sweep-002-*.h5"))[0]
+    victim.unlink()
+    resent = cli("submit", str(job), "--output", str(out), cwd=tmp_path)
+    assert "1 to submit" in resent.stdout and "[2]" in resent.stdout, resent.stdout
+    wait_all_done(out, tmp_path)
+    assert victim.is_file()
+
+
+def test_bad_job_file_is_rejected_before_submitting(slurm_cluster, tmp_path):
+    job = tmp_path / "bad.yaml"
+    job.write_text(TINY.format(name="bad").replace("epochs: 2", "epohcs: 2"))
+    before = slurm_cluster.run("squeue", "-h", "-o", "%i").stdout
+    res = cli("submit", str(job), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 2 and "unknown key 'epohcs'; did you mean 'epochs'?" in res.stderr
+    assert not (tmp_path / "out").exists()
+    assert slurm_cluster.run("squeue", "-h", "-o", "%i").stdout == before
+
+
+def test_failing_task_is_reported_and_others_finish(slurm_cluster, tmp_path):
+    job = tmp_path / "mixed.yaml"
+    job.write_text(TINY.format(name="mixed") + "sweep:\n  list: [{}, {data.dataset: shd, data.data_dir: /nonexistent}]\n")
+    out = tmp_path / "out"
+    assert cli("submit", str(job), "--output", str(out), cwd=tmp_path).returncode == 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        st = cli("status", str(out), cwd=tmp_path)
+        if "1 done" in st.stdout and "1 failed" in st.stdout:
+            break
+        time.sleep(2)
+    assert st.returncode == 3
+    failed = [line for line in st.stdout.splitlines() if " failed " in line]
+    assert len(failed) == 1 and failed[0].split()[0] == "1"
+    assert "DatasetMissingError" in failed[0] and "/nonexistent" in failed[0], st.stdout
+
+
+def test_requeued_running_task_resumes_and_matches_uninterrupted_run(slurm_cluster, tmp_path):
+    job = tmp_path / "long.yaml"
+    job.write_text(LONG)
+    out = tmp_path / "out"
+    sent = cli("submit", str(job), "--output", str(out), cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    job_id = read_submissions(out)[-1]["job_id"]
+    # requeue once the first epoch's checkpoint exists, i.e. in the middle of the run
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(out.glob(".*.ckpt")):
+        time.sleep(0.5)
+    assert list(out.glob(".*.ckpt")), "the task never saved a checkpoint"
+    requeue = slurm_cluster.run("scontrol", "requeue", job_id, check=False)
+    assert requeue.returncode == 0, requeue.stderr
+    wait_all_done(out, tmp_path, timeout=420)
+
+    straight = cli("train", str(job), "--output-dir", str(tmp_path / "straight"), cwd=tmp_path, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+    a = read_result(next(out.glob("*.h5")))
+    b = read_result(next((tmp_path / "straight").glob("*.h5")))
+    assert a["attrs"]["resumes"] >= 1, "the requeued task should have resumed from its checkpoint"
+    for key in ("train_loss", "test_loss", "test_accuracy", "spike_rate"):
+        np.testing.assert_allclose(a["metrics"][key], b["metrics"][key], rtol=1e-6, err_msg=key)
