@@ -77,6 +77,28 @@ def _select_tasks(job, spec: str | None):
     return [t for t in tasks if t.index in wanted]
 
 
+def _job_arguments(command):
+    """JOB plus --task/--output-dir, shared by the commands that run job files."""
+    for decorator in reversed((
+        click.argument("job", required=False, type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--task", "task_spec", default=None, metavar="LIST",
+                     help="With JOB: run only these tasks, e.g. 3 or 0-9,12  [default: all]"),
+        click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="With JOB: folder for the result files  [default: the job's output]"),
+    )):
+        command = decorator(command)
+    return command
+
+
+def _reject_options_with_job(ctx, job: Path, keep: tuple[str, ...] = ()) -> None:
+    """A job file is the whole configuration: options that would change it are an error."""
+    explicit = [p.opts[-1] for p in ctx.command.params
+                if p.name not in ("job", "task_spec", "output_dir") + keep
+                and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if explicit:
+        raise click.UsageError(f"{', '.join(explicit)} cannot be combined with a job file; set them in {job} instead")
+
+
 def _interrupted(err) -> None:
     from snn_runner.runner.checkpoint import INTERRUPTED_EXIT_CODE
 
@@ -85,11 +107,7 @@ def _interrupted(err) -> None:
 
 
 @cli.command()
-@click.argument("job", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--task", "task_spec", default=None, metavar="LIST",
-              help="With JOB: run only these tasks, e.g. 3 or 0-9,12  [default: all]")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="With JOB: folder for the result files  [default: the job's output]")
+@_job_arguments
 @click.option("--dataset", type=click.Choice(DATASETS), default=_defaults.data.dataset, show_default=True,
               help="Dataset to train on (randman is synthetic and needs no files).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -131,12 +149,7 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
     from snn_runner.runner.checkpoint import Interrupted, StopOnSignal
 
     if job is not None:
-        explicit = [p.opts[-1] for p in ctx.command.params
-                    if p.name not in ("job", "task_spec", "output_dir")
-                    and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
-        if explicit:
-            raise click.UsageError(f"{', '.join(explicit)} cannot be combined with a job file; "
-                                   f"set them in {job} instead")
+        _reject_options_with_job(ctx, job)
         _train_job(_job_or_fail(job), task_spec, output_dir)
         return
     if task_spec is not None or output_dir is not None:
@@ -225,11 +238,7 @@ def sweep(job, show, output_dir):
 
 
 @cli.command()
-@click.argument("job", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--task", "task_spec", default=None, metavar="LIST",
-              help="With JOB: run only these tasks, e.g. 3 or 0-9,12  [default: all]")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="With JOB: folder for the result files  [default: the job's output]")
+@_job_arguments
 @click.option("--network", type=click.Choice(sorted(PRESETS)), default="nmnist-base", show_default=True,
               help="Benchmark network preset (nmnist-base: [1156, 1470, 1460, 10], T=100, batch 48, "
                    "32 input events per step).")
@@ -258,12 +267,7 @@ def bench(ctx, job, task_spec, output_dir, network, implementations, activities,
     from snn_runner.sparse import library
 
     if job is not None:
-        explicit = [p.opts[-1] for p in ctx.command.params
-                    if p.name not in ("job", "task_spec", "output_dir", "json_path")
-                    and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
-        if explicit:
-            raise click.UsageError(f"{', '.join(explicit)} cannot be combined with a job file; "
-                                   f"set them in {job} instead")
+        _reject_options_with_job(ctx, job, keep=("json_path",))
         job = _job_or_fail(job)
         if job.kind != "bench":
             raise click.UsageError(f"{job.path} is a {job.kind} job; run it with `snn-runner {job.kind}`")
