@@ -190,8 +190,10 @@ class _runtime_errors:
         from snn_runner.sparse.library import OpsNotBuiltError
 
         from snn_runner.data import DataError
+        from snn_runner.ipu.backend import IpuUnavailableError
 
-        fixable = (OpsNotBuiltError, CheckpointCorrupt, CheckpointMismatch, FileNotFoundError, DataError)
+        fixable = (OpsNotBuiltError, CheckpointCorrupt, CheckpointMismatch, FileNotFoundError, DataError,
+                   IpuUnavailableError)
         if exc_type is not None and issubclass(exc_type, fixable):
             raise click.ClickException(str(exc)) from None
         return False
