@@ -42,6 +42,9 @@ LAYER_COLUMNS = ("spike_rate", "dropped_spikes")
 
 
 def git_revision() -> str:
+    # Images carry no .git: their build passes the revision in the environment.
+    if os.environ.get("SNN_RUNNER_GIT_REVISION"):
+        return os.environ["SNN_RUNNER_GIT_REVISION"]
     repo = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
