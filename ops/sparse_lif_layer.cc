@@ -2,27 +2,32 @@
 // SnnSparseLifLayer runs the whole time loop of all layers, and
 // SnnSparseLifLayerGrad its BPTT weight gradient.
 //
-// Performance notes (the reason this op exists):
-// * Neuron dynamics are column-separable: the membrane of neuron i depends
-//   only on column i of the weights. Only the capacity-limited spike
-//   *selection* couples the neurons of one layer. Both kernels therefore walk
-//   the weight matrices in column tiles small enough to stay in L2 and run
-//   the time recursion for many samples against the resident tile, instead of
-//   gathering whole rows from L3/DRAM at every step.
-// * Forward: samples are independent, so the work is split into sample
-//   blocks; each block runs all layers (layer l+1 only needs layer l's spikes
-//   of the same samples). Membranes of the block are kept so the selection
-//   can run once a layer's tiles are done.
-// * Backward: the weight gradient is a reduction over the batch. Splitting
-//   the work by column tiles (each tile owning its slice of dWt for all
-//   samples) avoids per-thread copies of dWt and a final reduction; the
-//   eps recursion is elementwise, so it runs inside the tile as well. Layers
-//   go from last to first because ds of layer l needs layer l+1's gI. Dot
-//   products for ds are split over tiles, so each tile group adds its partial
-//   into its own buffer and the groups are summed in a fixed order, which
-//   keeps the result independent of thread scheduling.
+// Why the kernels look the way they do (speed is the reason this op exists):
+// * The membrane of neuron i depends only on column i of the weights; only
+//   the capacity-limited selection couples the neurons of a layer. So both
+//   kernels walk the transposed weights in column tiles and run the time
+//   recursion of many samples against one tile while it sits in L2, instead
+//   of gathering whole rows from L3 at every step.
+// * Forward: samples are independent, so threads take blocks of samples and
+//   run all layers for them (layer l+1 needs only layer l's spikes of the same
+//   samples). Tiles are visited in ascending column order, so the first K
+//   spikes and carriers are collected on the fly and no dense membrane buffer
+//   is needed for the selection.
+// * Backward: the weight gradient is a reduction over the batch, so threads
+//   take column tiles instead: a tile owns its slice of dWt for all samples
+//   and no per-thread dWt copies or final reduction are needed. The eps
+//   recursion is elementwise and runs inside the tile; its gI rows for a
+//   block of samples stay in L2 while the presynaptic events of the block,
+//   bucketed by presynaptic neuron, are applied: each Wt/dWt row is then read
+//   and updated once per block rather than once per spike, in ascending row
+//   order. Layers go from last to first because ds of layer l needs layer
+//   l+1's gI; the ds dot products are split over tiles, so tile groups write
+//   partial sums that are added in a fixed order (results do not depend on
+//   thread scheduling).
 
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -31,35 +36,13 @@
 #include <limits>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/platform/threadpool.h"
-#include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
-
-#ifdef SNN_PROFILE
-#include <chrono>
-#include <cstdio>
-#define PROF_T0 auto prof_t0 = std::chrono::steady_clock::now();
-#define PROF_MARK(label) do { auto prof_t1 = std::chrono::steady_clock::now(); \
-  std::fprintf(stderr, "[prof] %-28s %8.2f ms\n", label, std::chrono::duration<double, std::milli>(prof_t1 - prof_t0).count()); prof_t0 = prof_t1; } while (0)
-#include <atomic>
-static std::atomic<long long> g_prof_ns[8];
-#include <time.h>
-inline long long prof_cpu_ns() { timespec ts; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); return ts.tv_sec * 1000000000LL + ts.tv_nsec; }
-struct ProfScope { int k; long long t0 = prof_cpu_ns();
-  explicit ProfScope(int k_) : k(k_) {}
-  ~ProfScope() { g_prof_ns[k] += prof_cpu_ns() - t0; } };
-#define PROF_SCOPE(k) ProfScope prof_scope_##k(k);
-#define PROF_DUMP() do { for (int i = 0; i < 8; ++i) { long long v = g_prof_ns[i].exchange(0); if (v) std::fprintf(stderr, "[prof]   bucket %d %8.2f ms (thread cpu)\n", i, v / 1e6); } } while (0)
-#else
-#define PROF_T0
-#define PROF_MARK(label)
-#define PROF_SCOPE(k)
-#define PROF_DUMP()
-#endif
 
 namespace tensorflow {
 namespace {
@@ -72,26 +55,28 @@ using shape_inference::ShapeHandle;
 // Vector helpers. GCC vector extensions keep the hot loops explicit without
 // tying the file to one instruction set: with AVX-512 a vf is one register,
 // with AVX2 two, and the code still builds for any -march.
+// vf values only travel between inline functions of this file, so GCC's
+// warning that their ABI differs without AVX-512 does not concern us (helper
+// parameters are const references because the pragma cannot silence the
+// matching note for by-value parameters).
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 constexpr int kLanes = 16;
-// Forward tiles are padded to whole 64-neuron words so each tile owns whole
-// words of the spike bitmaps and the main loop can run four accumulators.
-constexpr int kWord = 64;
 
 inline vf ld(const float* p) {
   vf v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline void st(float* p, const vf& v) { std::memcpy(p, &v, sizeof(v)); }
 inline vf splat(float x) {
   vf v = {x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
   return v;
 }
 
 // Bit i set where a[i] >= b[i] (false for NaN, like the scalar comparison).
-inline uint32_t mask_ge(vf a, vf b) {
+inline uint32_t mask_ge(const vf& a, const vf& b) {
 #if defined(__AVX512F__)
   return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GE_OQ);
 #else
@@ -102,7 +87,7 @@ inline uint32_t mask_ge(vf a, vf b) {
 #endif
 }
 // Bit i set where a[i] < b[i].
-inline uint32_t mask_lt(vf a, vf b) {
+inline uint32_t mask_lt(const vf& a, const vf& b) {
 #if defined(__AVX512F__)
   return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_LT_OQ);
 #else
@@ -112,7 +97,19 @@ inline uint32_t mask_lt(vf a, vf b) {
   return r;
 #endif
 }
-inline float hsum(vf v) {
+// Hides a value from the optimiser so a product is not fused into the
+// following add (FMA contraction): the membrane update then rounds each
+// product like the model's plain multiply-then-add on every build, which
+// makes spike decisions reproducible against a reference implementation.
+inline void no_contract(vf& x) {
+#if defined(__AVX512F__)
+  asm("" : "+v"(x));
+#else
+  asm("" : "+m"(x));
+#endif
+}
+
+inline float hsum(const vf& v) {
 #if defined(__AVX512F__)
   return _mm512_reduce_add_ps((__m512)v);
 #else
@@ -130,26 +127,37 @@ absl::Status invalid(const Args&... args) {
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 
-// Cache budgets. This machine has 1 MB of L2 per core and a shared 32 MB L3.
+// Cache budgets, tuned on a 2-core AMD EPYC (Zen 4: 1 MB L2 per core,
+// 32 MB shared L3); the macros let another machine's build override them.
 #ifndef SNN_FWD_TILE_BYTES
-#define SNN_FWD_TILE_BYTES (512 << 10)
+#define SNN_FWD_TILE_BYTES (768 << 10)
 #endif
 #ifndef SNN_BWD_TILE_BYTES
-#define SNN_BWD_TILE_BYTES (512 << 10)
+#define SNN_BWD_TILE_BYTES (4096 << 10)
+#endif
+#ifndef SNN_BWD_TILE0_BYTES
+#define SNN_BWD_TILE0_BYTES (512 << 10)
 #endif
 #ifndef SNN_BWD_G_BYTES
-#define SNN_BWD_G_BYTES (256 << 10)
+#define SNN_BWD_G_BYTES (512 << 10)
 #endif
-#ifndef SNN_FWD_BLOCKS_PER_THREAD
-#define SNN_FWD_BLOCKS_PER_THREAD 2
-#endif
-// Forward: packed weight tile resident in L2 while a sample block runs
+// Forward: the packed weight tile stays in L2 while a sample block runs
 // through it.
 constexpr int64_t kFwdTileBytes = SNN_FWD_TILE_BYTES;
-constexpr int64_t kFwdBlocksPerThread = SNN_FWD_BLOCKS_PER_THREAD;
-// Backward: weight + gradient tile, and the gI rows of one sample block.
+// A few sample blocks per thread balance the cores; each block re-reads the
+// packed weights from L3 once, so not too many.
+constexpr int64_t kFwdBlocksPerThread = 2;
+// Backward, layers > 0: Wt + dWt tile. Rows are visited in ascending order
+// once per sample block, so the tile may exceed L2; wider tiles mean fewer
+// partial dot products (and horizontal sums) per event.
 constexpr int64_t kBwdTileBytes = SNN_BWD_TILE_BYTES;
+// Backward, first layer: no dot products, only the dWt tile, kept in L2.
+constexpr int64_t kBwdTile0Bytes = SNN_BWD_TILE0_BYTES;
+// gI rows of one sample block, read at random by the events: kept in L2.
 constexpr int64_t kBwdGBytes = SNN_BWD_G_BYTES;
+// Up to this many filled slots a linear scan finds a tile's slots faster
+// than binary searches.
+constexpr int64_t kLinearSlots = 24;
 // Upper bound on ds partial buffers in the backward pass (one per tile group).
 constexpr int kMaxGroups = 16;
 
@@ -188,7 +196,8 @@ Tiling make_tiling(int64_t n, int64_t bytes_per_col, int64_t budget, int64_t ali
   t.n = n;
   t.align = align;
   t.units = ceil_div(n, align);
-  const int64_t max_units = std::max<int64_t>(1, budget / std::max<int64_t>(1, bytes_per_col) / align);
+  const int64_t max_units =
+      std::max<int64_t>(1, budget / std::max<int64_t>(1, bytes_per_col) / align);
   int64_t nt = std::max(ceil_div(t.units, max_units), min_tiles);
   nt = round_up(nt, std::max<int64_t>(1, multiple_of));
   t.ntiles = std::max<int64_t>(1, std::min(nt, t.units));
@@ -204,14 +213,14 @@ absl::Status check_input_ids(const Tensor& in_ids, const Tensor& in_count, int64
   for (int64_t bt = 0; bt < B * T; ++bt) {
     const int32_t c = cnt(bt);
     if (c < 0 || c > K0) {
-      return invalid("in_count[", bt / T, ",", bt % T, "] = ", c,
-                                     " is outside [0, ", K0, "] (K0 = in_ids.shape[2])");
+      return invalid("in_count[", bt / T, ",", bt % T, "] = ", c, " is outside [0, ", K0,
+                     "] (K0 = in_ids.shape[2])");
     }
     for (int64_t k = 0; k < c; ++k) {
       const int32_t j = ids(bt * K0 + k);
       if (j < 0 || j >= n0) {
-        return invalid("in_ids[", bt / T, ",", bt % T, ",", k, "] = ", j,
-                                       " is outside [0, ", n0, ") (n_0 = weights[0].shape[0])");
+        return invalid("in_ids[", bt / T, ",", bt % T, ",", k, "] = ", j, " is outside [0, ", n0,
+                       ") (n_0 = weights[0].shape[0])");
       }
     }
   }
@@ -221,37 +230,33 @@ absl::Status check_input_ids(const Tensor& in_ids, const Tensor& in_count, int64
 // Shared input checks of both ops: in_ids/in_count, the weight chain and
 // per-neuron vectors. Fills the layer sizes (sizes[0] = n_0).
 absl::Status check_network(const Tensor& in_ids, const Tensor& in_count, const OpInputList& weights,
-                     const std::vector<const OpInputList*>& vectors,
-                     const std::vector<const char*>& vector_names,
-                     const std::vector<int32_t>& capacities, std::vector<int64_t>* sizes) {
+                           const std::vector<const OpInputList*>& vectors,
+                           const std::vector<const char*>& vector_names,
+                           const std::vector<int32_t>& capacities, std::vector<int64_t>* sizes) {
   const int N = weights.size();
   if (static_cast<int>(capacities.size()) != N) {
-    return invalid("capacities has ", capacities.size(), " entries but there are ",
-                                   N, " layers");
+    return invalid("capacities has ", capacities.size(), " entries but there are ", N, " layers");
   }
   if (in_ids.dims() != 3) {
-    return invalid("in_ids must be [B, T, K0], got shape ",
-                                   in_ids.shape().DebugString());
+    return invalid("in_ids must be [B, T, K0], got shape ", in_ids.shape().DebugString());
   }
   if (in_count.dims() != 2 || in_count.dim_size(0) != in_ids.dim_size(0) ||
       in_count.dim_size(1) != in_ids.dim_size(1)) {
-    return invalid("in_count must be [B, T] = [", in_ids.dim_size(0), ", ",
-                                   in_ids.dim_size(1), "], got shape ",
-                                   in_count.shape().DebugString());
+    return invalid("in_count must be [B, T] = [", in_ids.dim_size(0), ", ", in_ids.dim_size(1),
+                   "], got shape ", in_count.shape().DebugString());
   }
   sizes->assign(N + 1, 0);
   for (int l = 0; l < N; ++l) {
     const Tensor& w = weights[l];
     if (w.dims() != 2) {
       return invalid("weights[", l, "] must be a matrix [n_in, n_out], got shape ",
-                                     w.shape().DebugString());
+                     w.shape().DebugString());
     }
     if (l == 0) {
       (*sizes)[0] = w.dim_size(0);
     } else if (w.dim_size(0) != (*sizes)[l]) {
-      return invalid("weights[", l, "] has ", w.dim_size(0),
-                                     " rows but layer ", l - 1, " has ", (*sizes)[l],
-                                     " neurons (weights[", l - 1, "].shape[1])");
+      return invalid("weights[", l, "] has ", w.dim_size(0), " rows but layer ", l - 1, " has ",
+                     (*sizes)[l], " neurons (weights[", l - 1, "].shape[1])");
     }
     (*sizes)[l + 1] = w.dim_size(1);
     if (w.dim_size(1) < 1) {
@@ -263,14 +268,13 @@ absl::Status check_network(const Tensor& in_ids, const Tensor& in_count, const O
     for (size_t v = 0; v < vectors.size(); ++v) {
       const Tensor& x = (*vectors[v])[l];
       if (x.dims() != 1 || x.dim_size(0) != w.dim_size(1)) {
-        return invalid(vector_names[v], "[", l, "] must be a vector of length ",
-                                       w.dim_size(1), " (weights[", l, "].shape[1]), got shape ",
-                                       x.shape().DebugString());
+        return invalid(vector_names[v], "[", l, "] must be a vector of length ", w.dim_size(1),
+                       " (weights[", l, "].shape[1]), got shape ", x.shape().DebugString());
       }
     }
     if (capacities[l] < 1 || capacities[l] > w.dim_size(1)) {
-      return invalid("capacities[", l, "] = ", capacities[l],
-                                     " must be in [1, ", w.dim_size(1), "] (layer size)");
+      return invalid("capacities[", l, "] = ", capacities[l], " must be in [1, ", w.dim_size(1),
+                     "] (layer size)");
     }
   }
   return check_input_ids(in_ids, in_count, (*sizes)[0]);
@@ -292,8 +296,9 @@ absl::Status get_capacities(OpKernelConstruction* ctx, std::vector<int32_t>* cap
 
 // Shape function pieces: check the chain of layer sizes as far as known.
 absl::Status common_shape_checks(InferenceContext* c, int N, const std::vector<int32_t>& caps,
-                           int in_ids_index, int weights_start, std::vector<DimensionHandle>* n_out,
-                           DimensionHandle* B, DimensionHandle* T) {
+                                 int in_ids_index, int weights_start,
+                                 std::vector<DimensionHandle>* n_out, DimensionHandle* B,
+                                 DimensionHandle* T) {
   if (static_cast<int>(caps.size()) != N) {
     return invalid("capacities has ", caps.size(), " entries but N = ", N);
   }
@@ -311,7 +316,7 @@ absl::Status common_shape_checks(InferenceContext* c, int N, const std::vector<i
       absl::Status s = c->Merge(c->Dim(w, 0), n_out->back(), &unused);
       if (!s.ok()) {
         return invalid("weights[", l, "] rows do not match weights[", l - 1,
-                                       "] columns: ", s.message());
+                       "] columns: ", s.message());
       }
     }
     n_out->push_back(c->Dim(w, 1));
@@ -320,7 +325,7 @@ absl::Status common_shape_checks(InferenceContext* c, int N, const std::vector<i
     }
     if (c->ValueKnown(n_out->back()) && caps[l] > c->Value(n_out->back())) {
       return invalid("capacities[", l, "] = ", caps[l], " exceeds layer size ",
-                                     c->Value(n_out->back()));
+                     c->Value(n_out->back()));
     }
   }
   return absl::OkStatus();
@@ -458,10 +463,10 @@ struct FwdLayer {
   // Tile-major packed copy: tile k at k * n_in * pad, rows of stride
   // round_up(width_k, kLanes); params at k * pad.
   float* packed;
-  float* al;   // alpha (0 in padding)
-  float* cf;   // (1 - alpha) * c (0 in padding)
-  float* th;   // theta (+inf in padding: never spikes)
-  float* th2;  // theta2 (+inf in padding: never carries)
+  float* al;         // alpha (0 in padding)
+  float* cf;         // (1 - alpha) * c (0 in padding)
+  float* th;         // theta (+inf in padding: never spikes)
+  float* th2;        // theta2 (+inf in padding: never carries)
   int32_t* ids;      // outputs [B, T, K]
   int32_t* count;    // [B, T]
   int32_t* dropped;  // [B, T]
@@ -503,8 +508,8 @@ struct FwdScratch {
 // membranes and returns the spike / carrier lane masks of those chunks.
 template <int NC>
 inline void integrate_chunks(const float* const* rows, int64_t ne, int64_t o, float* u,
-                             const float* al, const float* cf, const float* th,
-                             const float* th2, uint64_t* ms, uint64_t* mc) {
+                             const float* al, const float* cf, const float* th, const float* th2,
+                             uint64_t* ms, uint64_t* mc) {
   vf a[NC];
 #pragma GCC unroll 4
   for (int h = 0; h < NC; ++h) a[h] = splat(0.f);
@@ -524,7 +529,11 @@ inline void integrate_chunks(const float* const* rows, int64_t ne, int64_t o, fl
     // Reset of the neurons that fired last step: u - u*H(u - theta) is
     // exactly 0 for them.
     uu = (vf)((vi)uu & ~(uu >= thv));
-    uu = ld(al + i) * uu + ld(cf + i) * a[h];
+    vf decayed = ld(al + i) * uu;
+    vf input = ld(cf + i) * a[h];
+    no_contract(decayed);
+    no_contract(input);
+    uu = decayed + input;
     st(u + i, uu);
     const uint32_t sp = mask_ge(uu, thv);
     const uint32_t ca = mask_lt(ld(th2 + i), uu) & ~sp;
@@ -542,6 +551,9 @@ void fwd_tile(const FwdLayer& L, const FwdLayer* prev, const int32_t* in_ids,
   const int64_t c0 = L.tiling.begin(tile), w = L.tiling.end(tile) - c0;
   const int64_t wp = round_up(w, kLanes);
   const int64_t nch = wp / kLanes;
+  // Chunks go in groups of up to four with one accumulator each; balanced
+  // groups (5 = 3 + 2, not 4 + 1) avoid a lone, latency-bound accumulator.
+  const int64_t ngroups = ceil_div(nch, 4);
   const float* Wp = L.packed + tile * L.n_in * L.tiling.pad;
   const int64_t p0 = tile * L.tiling.pad;
   const float* al = L.al + p0;
@@ -563,13 +575,22 @@ void fwd_tile(const FwdLayer& L, const FwdLayer* prev, const int32_t* in_ids,
         for (int64_t e = 0; e < cnt; ++e) s.rows[ne++] = Wp + src[e] * wp;
       }
       const int64_t bt = (b - b0) * T + t;
-      for (int64_t o = 0; o < nch; o += 4) {
+      for (int64_t q = 0; q < ngroups; ++q) {
+        const int64_t o = q * nch / ngroups;
         uint64_t ms, mc;
-        switch (std::min<int64_t>(4, nch - o)) {
-          case 4: integrate_chunks<4>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc); break;
-          case 3: integrate_chunks<3>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc); break;
-          case 2: integrate_chunks<2>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc); break;
-          default: integrate_chunks<1>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc); break;
+        switch ((q + 1) * nch / ngroups - o) {
+          case 4:
+            integrate_chunks<4>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc);
+            break;
+          case 3:
+            integrate_chunks<3>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc);
+            break;
+          case 2:
+            integrate_chunks<2>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc);
+            break;
+          default:
+            integrate_chunks<1>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc);
+            break;
         }
         if (ms) {
           int64_t n = s.nspk[bt];
@@ -636,7 +657,6 @@ class SnnSparseLifLayerOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    PROF_T0
     const Tensor& in_ids = ctx->input(0);
     const Tensor& in_count = ctx->input(1);
     OpInputList weights, alpha, theta, theta2;
@@ -692,8 +712,6 @@ class SnnSparseLifLayerOp : public OpKernel {
 
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     const int nthreads = std::max(1, pool->NumThreads());
-    // A few blocks per thread balance the cores; each block re-reads the
-    // packed weights from L3 once per layer, so not too many.
     const int64_t sb = ceil_div(B, std::min<int64_t>(B, kFwdBlocksPerThread * nthreads));
     const int64_t nblocks = ceil_div(B, sb);
 
@@ -717,9 +735,9 @@ class SnnSparseLifLayerOp : public OpKernel {
     carve_worker(wprobe, &sprobe);
     const int64_t per_worker = wprobe.used();
     Tensor scratch;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_INT8,
-                                           TensorShape({shared_bytes + per_worker * nworkers + 64}),
-                                           &scratch));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_temp(DT_INT8, TensorShape({shared_bytes + per_worker * nworkers + 64}),
+                                &scratch));
     char* base = reinterpret_cast<char*>(scratch.flat<int8_t>().data());
     base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
     Arena shared(base);
@@ -732,7 +750,6 @@ class SnnSparseLifLayerOp : public OpKernel {
       L.th2 = shared.take<float>(np);
     }
     char* worker_base = base + shared_bytes;
-    PROF_MARK("fwd setup");
 
     // Pack every tile of every layer once; all sample blocks share them.
     std::vector<std::pair<int, int64_t>> pack_units;
@@ -743,7 +760,6 @@ class SnnSparseLifLayerOp : public OpKernel {
     parallel_units(pool, pack_units.size(), [&](int64_t u, int) {
       fwd_pack(layers[pack_units[u].first], pack_units[u].second, c_in);
     });
-    PROF_MARK("fwd pack");
 
     const int32_t* in_ids_p = in_ids.flat<int32_t>().data();
     const int32_t* in_count_p = in_count.flat<int32_t>().data();
@@ -757,19 +773,13 @@ class SnnSparseLifLayerOp : public OpKernel {
         const FwdLayer& L = layers[l];
         std::fill(s.nspk, s.nspk + (b1 - b0) * T, 0);
         std::fill(s.ncar, s.ncar + (b1 - b0) * T, 0);
-        {
-          PROF_SCOPE(1)
-          for (int64_t tile = 0; tile < L.tiling.ntiles; ++tile) {
-            fwd_tile(L, l > 0 ? &layers[l - 1] : nullptr, in_ids_p, in_count_p, K0, T, b0, b1,
-                     tile, s);
-          }
+        for (int64_t tile = 0; tile < L.tiling.ntiles; ++tile) {
+          fwd_tile(L, l > 0 ? &layers[l - 1] : nullptr, in_ids_p, in_count_p, K0, T, b0, b1, tile,
+                   s);
         }
-        PROF_SCOPE(2)
         fwd_select(L, T, b0, b1, beta, s, l == N - 1 ? logits : nullptr);
       }
     });
-    PROF_MARK("fwd main");
-    PROF_DUMP();
   }
 
  private:
@@ -788,9 +798,9 @@ struct BwdLayer {
   const float* wt;
   const float* alpha;
   int64_t n_in, n_out, K;
-  const int32_t* ids;    // [B, T, K]
-  const int32_t* count;  // [B, T]
-  const float* sur;      // [B, T, K]
+  const int32_t* ids;           // [B, T, K]
+  const int32_t* count;         // [B, T]
+  const float* sur;             // [B, T, K]
   std::vector<int32_t> filled;  // [B, T] non-padding slots
   float* dw;                    // output [n_in, n_out]
 };
@@ -829,11 +839,11 @@ struct BwdPass {
   BwdPlan plan;
   int64_t T, B;
   float c_in;
-  const float* ds;      // [B, T, K] complete ds of this layer
-  float* dsp;           // [ngroups, B, T, K_prev]
-  const int32_t* off;   // [nblk, n_in + 1] CSR offsets by presynaptic neuron
-  const Event* ev;      // [nblk, S * T * kev]
-  float* priv;          // [ntiles, nsb - 1, n_in, pad]
+  const float* ds;     // [B, T, K] complete ds of this layer
+  float* dsp;          // [ngroups, B, T, K_prev]
+  const int32_t* off;  // [nblk, n_in + 1] CSR offsets by presynaptic neuron
+  const Event* ev;     // [nblk, S * T * kev]
+  float* priv;         // [ntiles, nsb - 1, n_in, pad]
 };
 
 // Buckets the presynaptic events of sample block blk by neuron (counting
@@ -865,37 +875,78 @@ void bwd_bucket(const BwdPass& P, const int32_t* in_ids, const int32_t* in_count
   };
   for_each([&](int32_t j, int32_t, int, int32_t) { ++off[j + 1]; });
   for (int64_t j = 0; j < L.n_in; ++j) off[j + 1] += off[j];
-  std::vector<int32_t> pos(off, off + L.n_in);
+  // off[j] serves as bucket j's fill cursor and ends at bucket j+1's start;
+  // shifting by one restores the offsets.
   for_each([&](int32_t j, int32_t row, int tx, int32_t out) {
-    ev[pos[j]++] = Event{row << 1 | tx, out};
+    ev[off[j]++] = Event{row << 1 | tx, out};
   });
+  for (int64_t j = L.n_in; j > 0; --j) off[j] = off[j - 1];
+  off[0] = 0;
 }
 
-void bwd_tile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_t range,
-              float* dsp, const BwdScratch& s) {
+// dr[chunks c..c+NC) += sum of the gI rows of n events.
+template <int NC>
+inline void add_rows(const float* G, int64_t wp, const Event* ev, int64_t n, int64_t c,
+                     float* __restrict dr) {
+  vf a[NC];
+#pragma GCC unroll 4
+  for (int h = 0; h < NC; ++h) a[h] = splat(0.f);
+  for (int64_t e = 0; e < n; ++e) {
+    const float* g = G + (ev[e].row_tx >> 1) * wp + c * kLanes;
+#pragma GCC unroll 4
+    for (int h = 0; h < NC; ++h) a[h] += ld(g + h * kLanes);
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < NC; ++h) st(dr + (c + h) * kLanes, ld(dr + (c + h) * kLanes) + a[h]);
+}
+
+// Returns w . g over nch chunks and, if kAccumulate, adds g to acc.
+template <bool kAccumulate>
+inline float dot_rows(const float* __restrict w, const float* __restrict g, float* __restrict acc,
+                      int64_t nch) {
+  // Two partial sums measured faster than one or four here: the loads, not
+  // the FMA latency, limit this loop.
+  vf d0 = splat(0.f), d1 = splat(0.f);
+  int64_t c = 0;
+  for (; c + 2 <= nch; c += 2) {
+    const int64_t i = c * kLanes;
+    const vf g0 = ld(g + i), g1 = ld(g + i + kLanes);
+    d0 += ld(w + i) * g0;
+    d1 += ld(w + i + kLanes) * g1;
+    if (kAccumulate) {
+      st(acc + i, ld(acc + i) + g0);
+      st(acc + i + kLanes, ld(acc + i + kLanes) + g1);
+    }
+  }
+  if (c < nch) {
+    const int64_t i = c * kLanes;
+    const vf g0 = ld(g + i);
+    d0 += ld(w + i) * g0;
+    if (kAccumulate) st(acc + i, ld(acc + i) + g0);
+  }
+  return hsum(d0 + d1);
+}
+
+void bwd_tile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_t range, float* dsp,
+              const BwdScratch& s) {
   const BwdLayer& L = *P.L;
   const int64_t c0 = P.plan.tiling.begin(tile);
   const int64_t w = P.plan.tiling.end(tile) - c0;
   const int64_t wp = round_up(w, kLanes);
   const int64_t nch = wp / kLanes;
   const bool need_ds = P.prev != nullptr;
-  {
-    PROF_SCOPE(3)
-    if (need_ds) pack_tile(L.wt, L.n_in, L.n_out, c0, w, wp, s.Wp);
-    std::fill(s.dWp, s.dWp + L.n_in * wp, 0.f);
-    for (int64_t i = 0; i < wp; ++i) {
-      const float a = i < w ? L.alpha[c0 + i] : 0.f;
-      s.al[i] = a;
-      s.cf[i] = i < w ? (1.f - a) * P.c_in : 0.f;
-    }
+  if (need_ds) pack_tile(L.wt, L.n_in, L.n_out, c0, w, wp, s.Wp);
+  std::fill(s.dWp, s.dWp + L.n_in * wp, 0.f);
+  for (int64_t i = 0; i < wp; ++i) {
+    const float a = i < w ? L.alpha[c0 + i] : 0.f;
+    s.al[i] = a;
+    s.cf[i] = i < w ? (1.f - a) * P.c_in : 0.f;
   }
   const int64_t T = P.T, S = P.plan.S;
-  const vf zero = splat(0.f);
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const int64_t b0 = blk * S, b1 = std::min(P.B, b0 + S);
+    // eps recursion of this tile; gI rows go to G for the event pass.
     {
-      PROF_SCOPE(4)
-      // eps recursion of this tile; gI rows go to G for the event pass.
       for (int64_t b = b0; b < b1; ++b) {
         std::fill(s.eps, s.eps + wp, 0.f);
         for (int64_t t = T - 1; t >= 0; --t) {
@@ -906,9 +957,24 @@ void bwd_tile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_
           const int32_t* sid = L.ids + bt * L.K;
           const float* sds = P.ds + bt * L.K;
           const float* ssur = L.sur + bt * L.K;
-          for (int64_t k = 0, nf = L.filled[bt]; k < nf; ++k) {
-            const int64_t i = sid[k] - c0;
-            if (i >= 0 && i < w) s.eps[i] += sds[k] * ssur[k];
+          const int64_t nf = L.filled[bt];
+          if (nf <= kLinearSlots) {
+            for (int64_t k = 0; k < nf; ++k) {
+              const int64_t i = sid[k] - c0;
+              if (i >= 0 && i < w) s.eps[i] += sds[k] * ssur[k];
+            }
+          } else {
+            // Spikes and carriers are each ascending (checked on entry), so
+            // the tile's slots are one range in each run.
+            const int64_t runs[3] = {0, L.count[bt], nf};
+            for (int r = 0; r < 2; ++r) {
+              const int32_t* lo = std::lower_bound(sid + runs[r], sid + runs[r + 1], c0);
+              const int32_t* hi = std::lower_bound(lo, sid + runs[r + 1], c0 + w);
+              for (const int32_t* q = lo; q < hi; ++q) {
+                const int64_t k = q - sid;
+                s.eps[*q - c0] += sds[k] * ssur[k];
+              }
+            }
           }
           float* g = s.G + ((b - b0) * T + t) * wp;
           for (int64_t c = 0; c < nch; ++c) {
@@ -917,7 +983,6 @@ void bwd_tile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_
         }
       }
     }
-    PROF_SCOPE(5)
     const int32_t* off = P.off + blk * (L.n_in + 1);
     const Event* ev = P.ev + blk * S * T * P.plan.kev;
     for (int64_t j = 0; j < L.n_in; ++j) {
@@ -927,16 +992,21 @@ void bwd_tile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_
       if (!need_ds) {
         // Input spikes: only the weight gradient, summed in registers over
         // all events of this neuron before one update of its row.
-        for (int64_t c = 0; c < nch; c += 2) {
-          const bool two = c + 1 < nch;
-          vf a0 = zero, a1 = zero;
-          for (int32_t e = e0; e < e1; ++e) {
-            const float* g = s.G + (ev[e].row_tx >> 1) * wp + c * kLanes;
-            a0 += ld(g);
-            if (two) a1 += ld(g + kLanes);
+        for (int64_t c = 0; c < nch; c += 4) {
+          switch (std::min<int64_t>(4, nch - c)) {
+            case 4:
+              add_rows<4>(s.G, wp, ev + e0, e1 - e0, c, dr);
+              break;
+            case 3:
+              add_rows<3>(s.G, wp, ev + e0, e1 - e0, c, dr);
+              break;
+            case 2:
+              add_rows<2>(s.G, wp, ev + e0, e1 - e0, c, dr);
+              break;
+            default:
+              add_rows<1>(s.G, wp, ev + e0, e1 - e0, c, dr);
+              break;
           }
-          st(dr + c * kLanes, ld(dr + c * kLanes) + a0);
-          if (two) st(dr + (c + 1) * kLanes, ld(dr + (c + 1) * kLanes) + a1);
         }
         continue;
       }
@@ -944,7 +1014,7 @@ void bwd_tile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_
       bool any_tx = false;
       for (int32_t e = e0; e < e1; ++e) {
         const float* __restrict g = s.G + (ev[e].row_tx >> 1) * wp;
-        vf d0 = zero, d1 = zero;
+        float dot;
         if (ev[e].row_tx & 1) {
           // Transmitted: one pass over the row gives the dot for ds and
           // the gradient contribution.
@@ -952,29 +1022,12 @@ void bwd_tile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_
             std::fill(s.acc, s.acc + wp, 0.f);
             any_tx = true;
           }
-          int64_t c = 0;
-          for (; c + 2 <= nch; c += 2) {
-            const vf g0 = ld(g + c * kLanes), g1 = ld(g + (c + 1) * kLanes);
-            d0 += ld(wr + c * kLanes) * g0;
-            d1 += ld(wr + (c + 1) * kLanes) * g1;
-            st(s.acc + c * kLanes, ld(s.acc + c * kLanes) + g0);
-            st(s.acc + (c + 1) * kLanes, ld(s.acc + (c + 1) * kLanes) + g1);
-          }
-          if (c < nch) {
-            const vf g0 = ld(g + c * kLanes);
-            d0 += ld(wr + c * kLanes) * g0;
-            st(s.acc + c * kLanes, ld(s.acc + c * kLanes) + g0);
-          }
+          dot = dot_rows<true>(wr, g, s.acc, nch);
         } else {
           // Gradient carrier: not transmitted, dot only.
-          int64_t c = 0;
-          for (; c + 2 <= nch; c += 2) {
-            d0 += ld(wr + c * kLanes) * ld(g + c * kLanes);
-            d1 += ld(wr + (c + 1) * kLanes) * ld(g + (c + 1) * kLanes);
-          }
-          if (c < nch) d0 += ld(wr + c * kLanes) * ld(g + c * kLanes);
+          dot = dot_rows<false>(wr, g, s.acc, nch);
         }
-        dsp[ev[e].out] += hsum(d0 + d1);
+        dsp[ev[e].out] += dot;
       }
       if (any_tx) {
         for (int64_t c = 0; c < nch; ++c) {
@@ -998,6 +1051,44 @@ void bwd_tile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_
   }
 }
 
+// Slots must be spikes, then carriers, then -1 padding, each run ascending
+// (as the forward op emits them); anything else would make the kernel index
+// out of bounds or miss slots. Also fills L.filled for sample b.
+absl::Status check_slots(BwdLayer& L, int l, int64_t b, int64_t T) {
+  const int64_t K = L.K;
+  for (int64_t bt = b * T; bt < (b + 1) * T; ++bt) {
+    const int32_t* sid = L.ids + bt * K;
+    int64_t nf = 0;
+    while (nf < K && sid[nf] >= 0) {
+      if (sid[nf] >= L.n_out) {
+        return invalid("ids[", l, "][", b, ",", bt % T, ",", nf, "] = ", sid[nf],
+                       " is outside [0, ", L.n_out, ")");
+      }
+      ++nf;
+    }
+    for (int64_t k = nf; k < K; ++k) {
+      if (sid[k] != -1) {
+        return invalid("ids[", l, "][", b, ",", bt % T, ",", k, "] = ", sid[k],
+                       ": slots after the first -1 must be -1");
+      }
+    }
+    const int32_t cnt = L.count[bt];
+    if (cnt < 0 || cnt > nf) {
+      return invalid("count[", l, "][", b, ",", bt % T, "] = ", cnt, " must be in [0, ", nf,
+                     "] (the filled slots)");
+    }
+    for (int64_t k = 1; k < nf; ++k) {
+      if (k != cnt && sid[k] <= sid[k - 1]) {
+        return invalid("ids[", l, "][", b, ",", bt % T, ",", k,
+                       "]: spikes and carriers must each be in ascending order, as the forward "
+                       "op emits them");
+      }
+    }
+    L.filled[bt] = static_cast<int32_t>(nf);
+  }
+  return absl::OkStatus();
+}
+
 class SnnSparseLifLayerGradOp : public OpKernel {
  public:
   explicit SnnSparseLifLayerGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -1006,7 +1097,6 @@ class SnnSparseLifLayerGradOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    PROF_T0
     const Tensor& grad_logits = ctx->input(0);
     const Tensor& in_ids = ctx->input(1);
     const Tensor& in_count = ctx->input(2);
@@ -1017,7 +1107,8 @@ class SnnSparseLifLayerGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->input_list("count", &count));
     OP_REQUIRES_OK(ctx, ctx->input_list("surrogate", &sur));
     std::vector<int64_t> sizes;
-    OP_REQUIRES_OK(ctx, check_network(in_ids, in_count, weights, {&alpha}, {"alpha"}, caps_, &sizes));
+    OP_REQUIRES_OK(ctx,
+                   check_network(in_ids, in_count, weights, {&alpha}, {"alpha"}, caps_, &sizes));
     const int N = N_;
     const int64_t B = in_ids.dim_size(0), T = in_ids.dim_size(1), K0 = in_ids.dim_size(2);
     OP_REQUIRES(ctx,
@@ -1026,17 +1117,23 @@ class SnnSparseLifLayerGradOp : public OpKernel {
                 invalid("grad_logits must be [B, n_L] = [", B, ", ", sizes[N], "], got shape ",
                         grad_logits.shape().DebugString()));
 
+    // Events address ds and gI rows with 32-bit indices.
+    const int64_t max_slots = std::max<int64_t>(K0, *std::max_element(caps_.begin(), caps_.end()));
+    OP_REQUIRES(
+        ctx, B * T * max_slots < (int64_t{1} << 30),
+        invalid("B * T * max(K0, capacities) = ", B * T * max_slots, " is too large (limit 2^30)"));
+
     std::vector<BwdLayer> layers(N);
     OpOutputList dw_o;
     OP_REQUIRES_OK(ctx, ctx->output_list("grad_weights", &dw_o));
     for (int l = 0; l < N; ++l) {
       const int64_t K = caps_[l];
       const TensorShape s3({B, T, K}), s2({B, T});
-      OP_REQUIRES(ctx, ids[l].shape() == s3 && sur[l].shape() == s3 && count[l].shape() == s2,
-                  invalid("layer ", l, ": ids and surrogate must be ", s3.DebugString(),
-                          " and count ", s2.DebugString(), ", got ", ids[l].shape().DebugString(),
-                          ", ", sur[l].shape().DebugString(), ", ",
-                          count[l].shape().DebugString()));
+      OP_REQUIRES(
+          ctx, ids[l].shape() == s3 && sur[l].shape() == s3 && count[l].shape() == s2,
+          invalid("layer ", l, ": ids and surrogate must be ", s3.DebugString(), " and count ",
+                  s2.DebugString(), ", got ", ids[l].shape().DebugString(), ", ",
+                  sur[l].shape().DebugString(), ", ", count[l].shape().DebugString()));
       BwdLayer& L = layers[l];
       L.wt = weights[l].flat<float>().data();
       L.alpha = alpha[l].flat<float>().data();
@@ -1046,29 +1143,7 @@ class SnnSparseLifLayerGradOp : public OpKernel {
       L.ids = ids[l].flat<int32_t>().data();
       L.count = count[l].flat<int32_t>().data();
       L.sur = sur[l].flat<float>().data();
-      // Slots are spikes, then carriers, then -1 padding; anything else would
-      // make the kernel index out of bounds.
       L.filled.resize(B * T);
-      for (int64_t bt = 0; bt < B * T; ++bt) {
-        const int32_t* sid = L.ids + bt * K;
-        int64_t nf = 0;
-        while (nf < K && sid[nf] >= 0) {
-          OP_REQUIRES(ctx, sid[nf] < L.n_out,
-                      invalid("ids[", l, "][", bt / T, ",", bt % T, ",", nf, "] = ", sid[nf],
-                              " is outside [0, ", L.n_out, ")"));
-          ++nf;
-        }
-        for (int64_t k = nf; k < K; ++k) {
-          OP_REQUIRES(ctx, sid[k] == -1,
-                      invalid("ids[", l, "][", bt / T, ",", bt % T, ",", k, "] = ", sid[k],
-                              ": slots after the first -1 must be -1"));
-        }
-        const int32_t cnt = L.count[bt];
-        OP_REQUIRES(ctx, cnt >= 0 && cnt <= nf,
-                    invalid("count[", l, "][", bt / T, ",", bt % T, "] = ", cnt,
-                            " must be in [0, ", nf, "] (the filled slots)"));
-        L.filled[bt] = static_cast<int32_t>(nf);
-      }
       Tensor* dw;
       OP_REQUIRES_OK(ctx, dw_o.allocate(l, weights[l].shape(), &dw));
       L.dw = dw->flat<float>().data();
@@ -1083,22 +1158,44 @@ class SnnSparseLifLayerGradOp : public OpKernel {
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     const int nthreads = std::max(1, pool->NumThreads());
 
+    {
+      // Samples are checked in parallel; the first bad one is reported.
+      std::vector<absl::Status> status(B);
+      parallel_units(pool, std::min<int64_t>(B, 4 * nthreads), [&](int64_t part, int) {
+        const int64_t n = std::min<int64_t>(B, 4 * nthreads);
+        for (int64_t b = part * B / n; b < (part + 1) * B / n; ++b) {
+          for (int l = 0; l < N && status[b].ok(); ++l) {
+            status[b] = check_slots(layers[l], l, b, T);
+          }
+        }
+      });
+      for (const absl::Status& st : status) OP_REQUIRES_OK(ctx, st);
+    }
+
     std::vector<BwdPlan> plans(N);
     int64_t max_tile = 0, max_wp = 0, max_G = 0, max_priv = 0, max_dsp = 0, max_btk = 0;
     int64_t max_off = 0, max_ev = 0;
     for (int l = 0; l < N; ++l) {
       const BwdLayer& L = layers[l];
       BwdPlan& p = plans[l];
-      const int64_t bytes_per_col = L.n_in * sizeof(float) * (l > 0 ? 2 : 1);
       // A tile count that divides evenly keeps all cores busy to the end.
-      p.tiling = make_tiling(L.n_out, bytes_per_col, kBwdTileBytes, kLanes, nthreads, nthreads);
+      if (l == 0) {
+        p.tiling = make_tiling(L.n_out, L.n_in * sizeof(float), kBwdTile0Bytes, kLanes, nthreads,
+                               nthreads);
+      } else {
+        p.tiling = make_tiling(L.n_out, L.n_in * sizeof(float) * 2, kBwdTileBytes, kLanes, nthreads,
+                               nthreads);
+      }
       p.S = std::max<int64_t>(1, std::min(B, kBwdGBytes / (T * p.tiling.pad * 4)));
+      // Layers too narrow to give every thread a tile are also split into
+      // ranges of sample blocks; those ranges need their own gradient copies.
+      p.nsb = 1;
+      if (p.tiling.ntiles < nthreads) {
+        p.nsb = std::min(B, ceil_div(nthreads, p.tiling.ntiles));
+        p.S = std::min(p.S, ceil_div(B, p.nsb));
+      }
       p.nblk = ceil_div(B, p.S);
-      // Layers too narrow to give every thread a tile are also split by
-      // sample blocks; those ranges need their own gradient copies.
-      p.nsb = p.tiling.ntiles >= nthreads
-                  ? 1
-                  : std::min(p.nblk, ceil_div(nthreads, p.tiling.ntiles));
+      p.nsb = std::min(p.nsb, p.nblk);
       p.ngroups = std::min<int64_t>(p.tiling.ntiles, kMaxGroups);
       p.kev = l > 0 ? layers[l - 1].K : K0;
       max_tile = std::max(max_tile, L.n_in * p.tiling.pad);
@@ -1133,9 +1230,9 @@ class SnnSparseLifLayerGradOp : public OpKernel {
     probe.take<Event>(max_ev);
     const int64_t shared_bytes = probe.used();
     Tensor scratch;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_INT8,
-                                           TensorShape({shared_bytes + per_worker * nworkers + 64}),
-                                           &scratch));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_temp(DT_INT8, TensorShape({shared_bytes + per_worker * nworkers + 64}),
+                                &scratch));
     char* base = reinterpret_cast<char*>(scratch.flat<int8_t>().data());
     base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
     Arena shared(base);
@@ -1146,7 +1243,6 @@ class SnnSparseLifLayerGradOp : public OpKernel {
     int32_t* off = shared.take<int32_t>(max_off);
     Event* ev = shared.take<Event>(max_ev);
     char* worker_base = base + shared_bytes;
-    PROF_MARK("bwd setup");
 
     // Last layer: every filled slot receives the logit gradient of its neuron.
     {
@@ -1181,7 +1277,6 @@ class SnnSparseLifLayerGradOp : public OpKernel {
         bwd_bucket(P, in_ids_p, in_count_p, K0, blk, off + blk * (L.n_in + 1),
                    ev + blk * p.S * T * p.kev);
       });
-      PROF_MARK("bwd bucket");
       const int64_t Kp = l > 0 ? layers[l - 1].K : 0;
       parallel_units(pool, p.ngroups * p.nsb, [&](int64_t u, int worker) {
         Arena a(worker_base + per_worker * worker);
@@ -1198,7 +1293,6 @@ class SnnSparseLifLayerGradOp : public OpKernel {
         const int64_t t1 = (grp + 1) * p.tiling.ntiles / p.ngroups;
         for (int64_t tile = t0; tile < t1; ++tile) bwd_tile(P, tile, blk0, blk1, range, my_dsp, s);
       });
-      PROF_MARK(l == 2 ? "bwd layer 2" : l == 1 ? "bwd layer 1" : "bwd layer 0");
       if (p.nsb > 1) {
         // Sum the other ranges' gradients into the output (narrow layers
         // only, so this is small).
@@ -1230,8 +1324,6 @@ class SnnSparseLifLayerGradOp : public OpKernel {
         });
         std::swap(ds_cur, ds_next);
       }
-      PROF_MARK("bwd reduce");
-      PROF_DUMP();
     }
   }
 

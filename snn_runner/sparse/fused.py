@@ -8,7 +8,8 @@ registered below.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -19,26 +20,36 @@ __all__ = ["FusedOutput", "sparse_lif_layer"]
 
 
 class FusedOutput(NamedTuple):
-    """Per-sample spike-count logits and, per layer, the selected slots."""
+    """Per-sample spike-count logits and, per layer, the selected slots.
+
+    Slots hold the transmitted spikes (first ``count``) in ascending neuron
+    order, then gradient carriers, then -1. The op's surrogate output is only
+    used by the gradient and not returned.
+    """
 
     logits: tf.Tensor  # [B, n_L] float32
-    ids: List[tf.Tensor]  # per layer [B, T, K_l] int32, -1 = empty slot
-    count: List[tf.Tensor]  # per layer [B, T] int32, transmitted spikes
-    dropped: List[tf.Tensor]  # per layer [B, T] int32, spikes over capacity
+    ids: list[tf.Tensor]  # per layer [B, T, K_l] int32, -1 = empty slot
+    count: list[tf.Tensor]  # per layer [B, T] int32, transmitted spikes
+    dropped: list[tf.Tensor]  # per layer [B, T] int32, spikes over capacity
 
 
 def _tensor(value, dtype: tf.DType, name: str, rank: int) -> tf.Tensor:
-    # Tensors must already have the op's dtype: a silent cast would hide
-    # caller mistakes and cost a copy per step. NumPy arrays and lists are
-    # converted, but only from the same kind (integer ids, float values).
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        if value.dtype != dtype:
-            raise TypeError(f"{name} must be {dtype.name}, got {value.dtype.name}")
+    # Tensors and variables must already have the op's dtype: a silent cast
+    # would hide caller mistakes and cost a copy per step. NumPy arrays and
+    # lists are converted, but only from the same kind (integer ids, numbers
+    # for float inputs).
+    if isinstance(value, np.ndarray) or not hasattr(value, "dtype"):
+        array_dtype = np.asarray(value).dtype
+        wanted = "iu" if dtype.is_integer else "fiu"
+        if array_dtype.kind not in wanted:
+            raise TypeError(f"{name} must be {dtype.name}, got an array of {array_dtype}")
     else:
-        kind = np.asarray(value).dtype.kind
-        wanted = "iu" if dtype.is_integer else "f"
-        if kind not in wanted and not (dtype.is_floating and kind in "iu"):
-            raise TypeError(f"{name} must be {dtype.name}, got an array of {np.asarray(value).dtype}")
+        try:
+            value_dtype = tf.as_dtype(value.dtype)
+        except TypeError:
+            value_dtype = None
+        if value_dtype is not None and value_dtype != dtype:
+            raise TypeError(f"{name} must be {dtype.name}, got {value_dtype.name}")
     try:
         tensor = tf.convert_to_tensor(value, dtype=dtype)
     except (TypeError, ValueError) as err:
@@ -129,9 +140,7 @@ def sparse_lif_layer(
         for name, items in vectors.items():
             size = _dim(items[i], 0)
             if n_out is not None and size is not None and size != n_out:
-                raise ValueError(
-                    f"{name}[{i}] has length {size} but layer {i} has {n_out} neurons"
-                )
+                raise ValueError(f"{name}[{i}] has length {size} but layer {i} has {n_out} neurons")
         if caps[i] < 1:
             raise ValueError(f"capacities[{i}] = {caps[i]} must be >= 1")
         if n_out is not None and caps[i] > n_out:
@@ -183,6 +192,8 @@ def _fused_grad(op, *grads):
 
 try:
     tf.RegisterGradient("SnnSparseLifLayer")(_fused_grad)
+    # The BPTT op itself is not differentiated (no second-order training).
+    tf.no_gradient("SnnSparseLifLayerGrad")
 except KeyError:
     # Registered already (module re-imported, e.g. by importlib.reload).
     pass
