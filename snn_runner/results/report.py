@@ -42,12 +42,18 @@ def _bench_plot(rows: list[dict], out: Path) -> Path | None:
         name = f"{r['implementation']} {r['sizes']}" if several else r["implementation"]
         by_impl[name].append((float(r["max_activity"]), float(r["step_ms_median"]), _net_key(r)))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {}
     for impl, points in sorted(by_impl.items()):
         points.sort()
+        colour = colours.setdefault(impl, f"C{len(colours)}")  # same colour in both panels
+        if impl.startswith("dense"):
+            # dense does not depend on the capacity: one time, drawn across the axis
+            ax1.axhline(points[0][1], color=colour, ls="--", label=impl)
+            continue
         acts = [p[0] for p in points]
-        ax1.plot(acts, [p[1] for p in points], "o-", label=impl)
-        if not impl.startswith("dense") and all(p[2] in dense for p in points):
-            ax2.plot(acts, [dense[p[2]] / p[1] for p in points], "o-", label=impl)
+        ax1.plot(acts, [p[1] for p in points], "o-", color=colour, label=impl)
+        if all(p[2] in dense for p in points):
+            ax2.plot(acts, [dense[p[2]] / p[1] for p in points], "o-", color=colour, label=impl)
     ax1.set(xlabel="max_activity (hidden capacity fraction)", ylabel="training step (ms, median)", yscale="log",
             title="Step time vs activity")
     ax2.axhline(1.0, color="grey", lw=0.8)
