@@ -17,10 +17,12 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/util/work_sharder.h"
+#include "shard_work.h"
 
 namespace tensorflow {
 namespace {
 
+using snn::ShardWork;
 using shape_inference::DimensionHandle;
 using shape_inference::InferenceContext;
 using shape_inference::ShapeHandle;
@@ -93,25 +95,6 @@ SuperSpike surrogate gradient of SnnSelectSpikes:
 grad_u[b, ids[b, k]] = grad_values[b, k] / (beta * |u - threshold| + 1)^2
 for every slot with id >= 0 (spikes and carriers); zero elsewhere.
 )doc");
-
-#ifndef SNN_MIN_PARALLEL_CYCLES
-#define SNN_MIN_PARALLEL_CYCLES 450000
-#endif
-// Handing work to pool threads costs tens of microseconds when the host is
-// virtualised or busy, which is more than a whole small call; work estimated
-// below this many cycles therefore stays on the calling thread.
-constexpr int64_t kMinParallelCycles = SNN_MIN_PARALLEL_CYCLES;
-
-template <typename Fn>
-void ShardWork(OpKernelContext* ctx, int64_t total, int64_t cycles_per_unit,
-               const Fn& fn) {
-  if (total <= 1 || total * cycles_per_unit < kMinParallelCycles) {
-    fn(0, total);
-    return;
-  }
-  const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-  Shard(threads->num_threads, threads->workers, total, cycles_per_unit, fn);
-}
 
 absl::Status ValidateThreshold(const Tensor& t, const char* name,
                                int64_t n) {

@@ -17,10 +17,13 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/util/work_sharder.h"
+#include "shard_work.h"
 
 namespace tensorflow {
 namespace {
 
+using snn::kMinParallelCycles;
+using snn::ShardWork;
 using shape_inference::DimensionHandle;
 using shape_inference::InferenceContext;
 using shape_inference::ShapeHandle;
@@ -260,25 +263,6 @@ inline void Dot4(const float* __restrict a0, const float* __restrict a1,
   out[1] = Reduce(acc1) + t1;
   out[2] = Reduce(acc2) + t2;
   out[3] = Reduce(acc3) + t3;
-}
-
-#ifndef SNN_MIN_PARALLEL_CYCLES
-#define SNN_MIN_PARALLEL_CYCLES 450000
-#endif
-// Handing work to pool threads costs tens of microseconds when the host is
-// virtualised or busy, which is more than a whole small call; work estimated
-// below this many cycles therefore stays on the calling thread.
-constexpr int64_t kMinParallelCycles = SNN_MIN_PARALLEL_CYCLES;
-
-template <typename Fn>
-void ShardWork(OpKernelContext* ctx, int64_t total, int64_t cycles_per_unit,
-               const Fn& fn) {
-  if (total <= 1 || total * cycles_per_unit < kMinParallelCycles) {
-    fn(0, total);
-    return;
-  }
-  const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-  Shard(threads->num_threads, threads->workers, total, cycles_per_unit, fn);
 }
 
 class SparseBinaryMatmulOp : public OpKernel {
