@@ -79,7 +79,7 @@ def test_bench_job_collect_report_from_the_command_line(results_dir, tmp_path):
         return done.stdout
 
     out = run("bench", "bench.yaml", "--output-dir", "res")
-    assert "| sparse_layer | 0.20 |" in out
+    assert "| sparse_layer | 0.20 |" in out and "| dense | - |" in out
     for f in results_dir.rglob("*.h5"):  # mix training results into the same folder
         if f.name in ("a.h5", "b.h5"):
             (tmp_path / "res" / f.name).write_bytes(f.read_bytes())

@@ -90,13 +90,14 @@ def _line(rec: dict, dense: dict | None) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    head = ("| implementation | max_activity | step ms (median) | forward ms | speed-up vs dense (step) "
+    head = ("| network | implementation | max_activity | step ms (median) | forward ms | speed-up vs dense (step) "
             "| spike rate % per layer | dropped/step per layer | peak RSS MB |")
-    rows = [head, "|" + "---|" * 8]
+    rows = [head, "|" + "---|" * 9]
     for r in records:
         speed = r.get("speedup_vs_dense")
+        act = "-" if r["implementation"] == "dense" else f"{r['max_activity']:.2f}"  # dense has no capacity
         rows.append(
-            f"| {r['implementation']} | {r['max_activity']:.2f} | {r['step_ms_median']:.1f} "
+            f"| {r['sizes']} | {r['implementation']} | {act} | {r['step_ms_median']:.1f} "
             f"| {r['forward_ms_median']:.1f} | {'' if speed is None else f'{speed:.2f}x'} "
             f"| {' / '.join(f'{100 * x:.2f}' for x in r['spike_rate_per_layer'])} "
             f"| {' / '.join(f'{x:.0f}' for x in r['dropped_spikes'])} | {r['peak_rss_mb']:.0f} |")
