@@ -194,6 +194,8 @@ class _runtime_errors:
 
         fixable = (OpsNotBuiltError, CheckpointCorrupt, CheckpointMismatch, FileNotFoundError, DataError,
                    IpuUnavailableError)
+        if exc_type is not None and issubclass(exc_type, ConfigError):
+            raise click.UsageError(str(exc)) from None
         if exc_type is not None and issubclass(exc_type, fixable):
             raise click.ClickException(str(exc)) from None
         return False

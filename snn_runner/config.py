@@ -15,6 +15,7 @@ from typing import Any
 
 IMPLEMENTATIONS = ("dense", "sparse_ops", "sparse_layer")
 BACKENDS = ("cpu", "ipu")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
 DATASETS = ("randman", "nmnist", "shd", "dvsgesture")
 
 
@@ -102,10 +103,22 @@ class TrainConfig:
     learning_rate: float = 2e-3
     seed: int = 0
     backend: str = "cpu"  # cpu (TensorFlow CPU/GPU) or ipu (tensorflow-ipu with the Poplar ops)
+    optimizer: str = "adam"
+    # Activity regularisation per layer: strength * (relu(low - r)^2 + relu(r - high)^2)
+    # on each layer's mean spike rate r of the batch; strength 0 turns it off.
+    rate_low: float = 0.0
+    rate_high: float = 1.0
+    rate_strength: float = 0.0
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
             _fail("train.backend", self.backend, "one of " + ", ".join(BACKENDS))
+        if self.optimizer not in OPTIMIZERS:
+            _fail("train.optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
+        _check_range("train.rate_low", self.rate_low, 0.0, 1.0, "in [0, 1]")
+        _check_range("train.rate_high", self.rate_high, self.rate_low, 1.0, f"in [rate_low={self.rate_low}, 1]")
+        if not self.rate_strength >= 0 or math.isinf(self.rate_strength):
+            _fail("train.rate_strength", self.rate_strength, "0 (off) or a positive finite number")
         _check_min("train.epochs", self.epochs, 1)
         _check_min("train.batch_size", self.batch_size, 1)
         _check_positive("train.learning_rate", self.learning_rate)

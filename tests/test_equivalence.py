@@ -123,3 +123,25 @@ def test_implementations_agree_with_each_other_at_low_capacity():
     np.testing.assert_array_equal(a.logits.numpy(), b.logits.numpy())
     np.testing.assert_array_equal(a.dropped.numpy(), b.dropped.numpy())
     assert_grads_close(gb, ga)
+
+
+def test_rate_penalty_gradient_of_sparse_ops_equals_dense():
+    # sparse_ops counts spikes as a sum of differentiable values, so activity
+    # regularisation trains it exactly like the dense model (K = n, theta2 = -inf).
+    from snn_runner.runner.steps import rate_penalty
+
+    spec, params, ids, count, _ = setup(4, max_activity=1.0, threshold2_fraction=-math.inf)
+    penalty = rate_penalty(0.2, 0.3, 50.0, STEPS, spec.sizes[1:])  # rates are ~0.05-0.2: the low hinge acts
+
+    def grads(name):
+        with tf.GradientTape() as tape:
+            out = build_model(name, spec, params)(ids, count)
+            loss = penalty(out.spikes, BATCH)
+        return loss.numpy(), [g.numpy() for g in tape.gradient(loss, params.trainable)]
+
+    dense_loss, dense_grads = grads("dense")
+    sparse_loss, sparse_grads = grads("sparse_ops")
+    assert dense_loss > 0
+    np.testing.assert_allclose(sparse_loss, dense_loss, rtol=1e-6)
+    assert all(np.abs(g).sum() > 0 for g in dense_grads)
+    assert_grads_close(sparse_grads, dense_grads)

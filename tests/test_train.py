@@ -47,3 +47,26 @@ def test_exception_mid_run_leaves_no_file(tmp_path, easy_config):
     with pytest.raises(RuntimeError, match="boom"):
         train(easy_config, out, log=explode)
     assert not out.exists() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.h5"))
+
+
+def test_rate_regularisation_lowers_activity_and_optimizers_are_selectable(tmp_path, easy_config):
+    plain = train(easy_config, tmp_path / "plain.h5", log=lambda _: None)
+    capped_cfg = easy_config.replace("train", rate_high=0.005, rate_strength=100.0, optimizer="rmsprop")
+    capped = train(capped_cfg, tmp_path / "capped.h5", log=lambda _: None)
+    rate_plain = read_result(plain.path)["metrics"]["spike_rate"][-1]
+    rate_capped = read_result(capped.path)["metrics"]["spike_rate"][-1]
+    assert np.all(rate_capped < 0.8 * rate_plain), (rate_plain, rate_capped)
+    assert rate_capped[-1] < 0.6 * rate_plain[-1], (rate_plain, rate_capped)
+    assert read_result(capped.path)["config"]["train"]["optimizer"] == "rmsprop"
+
+
+def test_rate_regularisation_is_refused_for_sparse_layer(tmp_path, easy_config):
+    from snn_runner.config import ConfigError
+    from snn_runner.sparse import library
+
+    if not library.available():
+        pytest.skip("compiled ops not built (run scripts/build-ops)")
+    cfg = easy_config.replace("model", implementation="sparse_layer").replace("train", rate_strength=1.0)
+    with pytest.raises(ConfigError, match="not available with sparse_layer"):
+        train(cfg, tmp_path / "x.h5", log=lambda _: None)
+    assert not list(tmp_path.iterdir())

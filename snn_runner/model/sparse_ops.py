@@ -86,7 +86,8 @@ class SparseOpsModel:
             )
             spikes = _unflatten(selected, steps, batch)
             layers.append(spikes)
-            totals.append(tf.cast(tf.reduce_sum(selected.count), tf.float32))
+            # summing values (1 per spike) keeps the count differentiable for rate regularisation
+            totals.append(tf.reduce_sum(selected.values))
             dropped.append(tf.reduce_sum(lost))
         logits = readout(spikes, spec.sizes[-1])
         return ModelOutput(logits, tf.stack(totals), tf.stack(dropped)), layers

@@ -13,10 +13,11 @@ def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 class Steps:
     """Holds the traced tf.functions for one model, optimizer and input shape."""
 
-    def __init__(self, model, params, optimizer, time_steps: int, capacity: int):
+    def __init__(self, model, params, optimizer, time_steps: int, capacity: int, rate_penalty=None):
         self.model = model
         self.params = params
         self.optimizer = optimizer
+        self.rate_penalty = rate_penalty  # callable(spikes per layer, batch) -> scalar, or None
         signature = (
             tf.TensorSpec([None, time_steps, capacity], tf.int32),
             tf.TensorSpec([None, time_steps], tf.int32),
@@ -35,6 +36,8 @@ class Steps:
             out = self.model(ids, count)
             losses = cross_entropy(labels, out.logits)
             loss = tf.reduce_mean(losses)
+            if self.rate_penalty is not None:
+                loss = loss + self.rate_penalty(out.spikes, tf.shape(labels)[0])
         grads = tape.gradient(loss, self.params.trainable)
         self.optimizer.apply_gradients(zip(grads, self.params.trainable))
         return self._outputs(out, losses, labels)
@@ -42,3 +45,14 @@ class Steps:
     def _evaluate(self, ids, count, labels):
         out = self.model(ids, count)
         return self._outputs(out, cross_entropy(labels, out.logits), labels)
+
+
+def rate_penalty(low: float, high: float, strength: float, time_steps: int, sizes):
+    """Squared hinges keeping each layer's mean spike rate within [low, high]."""
+    neurons = tf.constant([float(n) for n in sizes], tf.float32)
+
+    def penalty(spikes, batch):
+        rate = spikes / (tf.cast(batch, tf.float32) * float(time_steps) * neurons)
+        return strength * tf.reduce_sum(tf.square(tf.nn.relu(low - rate)) + tf.square(tf.nn.relu(rate - high)))
+
+    return penalty

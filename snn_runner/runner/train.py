@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from snn_runner.config import RunConfig
+from snn_runner.config import ConfigError, RunConfig
 from snn_runner.data import load_dataset
 from snn_runner.data.events import EventSet
 from snn_runner.model import NetworkSpec, Parameters, build_model, resolve_implementation
@@ -96,7 +96,9 @@ def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print
     """
     import keras  # imported late: TensorFlow start-up is slow and not needed for --help
 
-    from snn_runner.runner.steps import Steps
+    from snn_runner.runner.steps import Steps, rate_penalty
+
+    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
 
     cfg.validate()
     if cfg.train.backend == "ipu":
@@ -111,9 +113,17 @@ def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print
     spec = NetworkSpec.from_config(cfg.model, train_set.channels, train_set.classes, train_set.capacity)
     params = Parameters(spec, cfg.train.seed)
     model = build_model(implementation, spec, params)
-    optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
+    optimizer = optimizers[cfg.train.optimizer](cfg.train.learning_rate)
     optimizer.build(params.trainable)
-    steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity)
+    penalty = None
+    if cfg.train.rate_strength > 0:
+        if implementation == "sparse_layer":
+            raise ConfigError("train.rate_strength: activity regularisation is not available with sparse_layer "
+                              "(its fused gradient covers the loss on the logits only); use dense or sparse_ops, "
+                              "or set rate_strength to 0")
+        penalty = rate_penalty(cfg.train.rate_low, cfg.train.rate_high, cfg.train.rate_strength,
+                               train_set.time_steps, spec.sizes[1:])
+    steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity, penalty)
     neurons = np.asarray(spec.sizes[1:], np.float64)
 
     state = TrainState(rng_state=np.random.default_rng(cfg.train.seed).bit_generator.state)
