@@ -132,3 +132,32 @@ def test_requeued_running_task_resumes_and_matches_uninterrupted_run(slurm_clust
     assert a["attrs"]["resumes"] >= 1, "the requeued task should have resumed from its checkpoint"
     for key in ("train_loss", "test_loss", "test_accuracy", "spike_rate"):
         np.testing.assert_allclose(a["metrics"][key], b["metrics"][key], rtol=1e-6, err_msg=key)
+
+
+def test_dry_run_splits_arrays_at_max_array_size(tmp_path, monkeypatch, capsys):
+    from snn_runner.jobs import load_job
+    from snn_runner.slurm import submit as submit_module
+
+    job_file = tmp_path / "split.yaml"
+    job_file.write_text(TINY.format(name="split") + "sweep: {grid: {train.seed: [0, 1, 2, 3, 4]}}\n")
+    job = load_job(job_file)
+    monkeypatch.setattr(submit_module, "max_array_size", lambda: 2)
+    lines = []
+    assert submit_module.submit(job, job.tasks(), tmp_path / "out", dry_run=True, log=lines.append) == []
+    scripts = [line for line in lines if line.startswith("--- sbatch script")]
+    assert scripts == ["--- sbatch script for tasks [0, 1] ---", "--- sbatch script for tasks [2, 3] ---",
+                       "--- sbatch script for tasks [4] ---"]
+    text = "\n".join(lines)
+    assert "#SBATCH --array=0-1%2" in text and "#SBATCH --array=0-0%1" in text and "#SBATCH --partition=debug" in text and "#SBATCH --time=5" in text
+    assert not (tmp_path / "out").exists(), "a dry run writes nothing"
+
+
+def test_image_runs_tasks_through_the_launcher(tmp_path):
+    from snn_runner.jobs import load_job
+    from snn_runner.slurm.submit import python_command
+
+    job_file = tmp_path / "img.yaml"
+    job_file.write_text(TINY.format(name="img").replace("array_parallelism: 4",
+                                                        "array_parallelism: 4, gpus: 1, binds: ['/data:/data']"))
+    cmd = python_command(load_job(job_file), "/images/snn.sif")
+    assert cmd == "apptainer exec --nv -B /data:/data /images/snn.sif python3"

@@ -132,7 +132,7 @@ def submit(job: Job, tasks: list[Task], output_dir: Path | None = None, image: s
     params = sbatch_parameters(job)
     python = python_command(job, image)
     folder = out / LOG_FOLDER / "%j"
-    limit = max(1, max_array_size() - 1) if not dry_run else 1000
+    limit = max(1, max_array_size())  # indices 0..limit-1 stay below MaxArraySize
     groups = chunks(todo, limit)
     if dry_run:
         command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
