@@ -161,3 +161,25 @@ def test_image_runs_tasks_through_the_launcher(tmp_path):
                                                         "array_parallelism: 4, gpus: 1, binds: ['/data:/data']"))
     cmd = python_command(load_job(job_file), "/images/snn.sif")
     assert cmd == "apptainer exec --nv -B /data:/data /images/snn.sif python3"
+
+
+def test_task_hitting_its_time_limit_is_requeued_and_resumes(slurm_cluster, tmp_path):
+    # 1-minute limit, USR2 10 s before it (Slurm checks limits every ~30 s, so it
+    # lands 20-50 s in), and about 50 s of training: runs are stopped, save between
+    # two steps, are requeued by submitit and resume until done.
+    job = tmp_path / "timeout.yaml"
+    job.write_text(LONG.replace("epochs: 4", "epochs: 120").replace(
+        "resources: {partition: debug, time_min: 10,", "resources: {partition: debug, time_min: 1, signal_delay_s: 10, max_timeouts: 12,"))
+    out = tmp_path / "out"
+    assert cli("submit", str(job), "--output", str(out), cwd=tmp_path).returncode == 0
+    wait_all_done(out, tmp_path, timeout=600)
+    a = read_result(next(out.glob("*.h5")))
+    assert a["attrs"]["resumes"] >= 1, "the task should have been stopped by its time limit and resumed"
+    logs = "\n".join(p.read_text() for p in out.rglob("*_log.out"))
+    assert "interrupted: stopped by signal" in logs
+
+    straight = cli("train", str(job), "--output-dir", str(tmp_path / "straight"), cwd=tmp_path, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+    b = read_result(next((tmp_path / "straight").glob("*.h5")))
+    for key in ("train_loss", "test_loss", "test_accuracy", "spike_rate"):
+        np.testing.assert_allclose(a["metrics"][key], b["metrics"][key], rtol=1e-6, err_msg=key)

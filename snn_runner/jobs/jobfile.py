@@ -82,12 +82,13 @@ class Resources:
     array_parallelism: int = 16
     image: str = ""  # .sif image to run tasks in; empty: the host installation
     signal_delay_s: int = 90  # Slurm sends USR2 this long before the time limit: save and requeue
+    max_timeouts: int = 3  # requeues on timeout before the task counts as failed
     launcher: str = "apptainer"
     binds: tuple = ()
     setup: tuple = ()  # shell lines run before each task
 
     def validate(self) -> None:
-        for key in ("time_min", "cpus_per_task", "array_parallelism", "signal_delay_s"):
+        for key in ("time_min", "cpus_per_task", "array_parallelism", "signal_delay_s", "max_timeouts"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"resources.{key}: invalid value {getattr(self, key)!r}; expected an integer >= 1")
         if self.gpus < 0:

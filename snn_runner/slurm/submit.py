@@ -141,7 +141,7 @@ def submit(job: Job, tasks: list[Task], output_dir: Path | None = None, image: s
             log(_make_sbatch_string(command=command, folder=str(folder), map_count=len(group), **params))
         return []
     try:
-        executor = submitit.SlurmExecutor(folder=folder, python=python)
+        executor = submitit.SlurmExecutor(folder=folder, python=python, max_num_timeout=job.resources.max_timeouts)
     except RuntimeError as err:
         raise SubmitError(f"cannot submit: {err} (is this a Slurm login node? try scripts/slurm-local start)")
     executor.update_parameters(**params)
