@@ -1,0 +1,3 @@
+from snn_runner.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""`snn-runner bench`: dense vs sparse implementations side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from snn_runner.bench.presets import PRESETS
+from snn_runner.cli.common import (
+    job_arguments,
+    load_job_or_fail,
+    log,
+    reject_options_with_job,
+    runtime_errors,
+    select_tasks,
+)
+from snn_runner.config import IMPLEMENTATIONS
+
+
+@click.command()
+@job_arguments
+@click.option("--network", type=click.Choice(sorted(PRESETS)), default="nmnist-base", show_default=True,
+              help="Benchmark network preset (nmnist-base: [1156, 1470, 1460, 10], T=100, batch 48, "
+                   "32 input events per step).")
+@click.option("--implementation", "implementations", type=click.Choice(IMPLEMENTATIONS), multiple=True,
+              help="Implementation to time; repeat for several  [default: all available]")
+@click.option("--max-activity", "activities", type=click.FloatRange(min=0, max=1, min_open=True), multiple=True,
+              help="Hidden capacity fraction; repeat for several  [default: 0.01 0.02 0.05 0.1]")
+@click.option("--steps", type=click.IntRange(min=5), default=5, show_default=True,
+              help="Timed training (and forward) steps per case; the median is reported.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed steps after the first (compiling) step.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write one JSON record per (implementation, max_activity) to this file.")
+@click.pass_context
+def bench(ctx, job, task_spec, output_dir, network, implementations, activities, steps, warmup, json_path):
+    """Time training steps of dense, sparse_ops and sparse_layer side by side.
+
+    Each case runs in a fresh process (so peak memory is its own) within one
+    invocation, and every speed-up is against the dense step measured in the
+    same run. Compile time (the first step) is reported apart.
+
+    With JOB (a bench job file): one HDF5 result file per task in the job's
+    output folder, for `collect` and `report`.
+    """
+    from snn_runner.bench.suite import (
+        format_table,
+        run_suite,
+        with_speedups,
+        write_json,
+    )
+    from snn_runner.sparse import library
+
+    if job is not None:
+        reject_options_with_job(ctx, job, keep=("json_path",))
+        job = load_job_or_fail(job)
+        if job.kind != "bench":
+            raise click.UsageError(f"{job.path} is a {job.kind} job; run it with `snn-runner {job.kind}`")
+        from snn_runner.runner.tasks import run_bench_tasks
+
+        tasks = select_tasks(job, task_spec)
+        log(f"job {job.name}: {len(tasks)} bench task(s) on {job.bench.network}")
+        try:
+            with runtime_errors():
+                records = with_speedups(run_bench_tasks(job, tasks, output_dir, log=log))
+        except RuntimeError as err:
+            raise click.ClickException(str(err)) from None
+        if records:
+            log("")
+            log(format_table(records))
+        if json_path:
+            write_json(records, json_path)
+            log(f"json: {json_path}")
+        return
+    if task_spec is not None or output_dir is not None:
+        raise click.UsageError("--task and --output-dir need a JOB file")
+
+    implementations = list(implementations) or (
+        list(IMPLEMENTATIONS) if library.available() else ["dense"])
+    if not library.available() and any(i != "dense" for i in implementations):
+        raise click.ClickException(f"the sparse implementations need the compiled ops at {library.library_path()}; "
+                                   "build them with scripts/build-ops (./run does it on first use)")
+    activities = list(activities) or [0.01, 0.02, 0.05, 0.1]
+    try:
+        records = run_suite(network, implementations, activities, steps, warmup, log)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
+    log("")
+    log(format_table(records))
+    if json_path:
+        write_json(records, json_path)
+        log(f"json: {json_path}")

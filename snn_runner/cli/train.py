@@ -1,0 +1,123 @@
+"""`snn-runner train`: one run from options, or the tasks of a job file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from snn_runner.cli.common import (
+    LayerSizes,
+    exit_interrupted,
+    job_arguments,
+    load_job_or_fail,
+    log,
+    reject_options_with_job,
+    runtime_errors,
+    select_tasks,
+)
+from snn_runner.config import (
+    BACKENDS,
+    DATASETS,
+    IMPLEMENTATIONS,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+_defaults = RunConfig()
+
+
+@click.command()
+@job_arguments
+@click.option("--dataset", type=click.Choice(DATASETS), default=_defaults.data.dataset, show_default=True,
+              help="Dataset to train on (randman is synthetic and needs no files).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding the event dataset  [default: $SNN_RUNNER_DATA_DIR]")
+@click.option("--implementation", type=click.Choice(("auto",) + IMPLEMENTATIONS), default="auto",
+              show_default=True, help="Model implementation; auto picks the fastest one available here.")
+@click.option("--epochs", type=click.IntRange(min=1), default=_defaults.train.epochs, show_default=True,
+              help="Number of training epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=_defaults.train.batch_size, show_default=True,
+              help="Samples per training step.")
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True),
+              default=_defaults.train.learning_rate, show_default=True, help="Adam learning rate.")
+@click.option("--hidden", type=LayerSizes(), default=",".join(map(str, _defaults.model.hidden)), show_default=True,
+              help="Hidden layer sizes, comma separated.")
+@click.option("--time-steps", type=click.IntRange(min=2), default=_defaults.data.time_steps, show_default=True,
+              help="Simulation time steps per sample.")
+@click.option("--max-activity", type=click.FloatRange(min=0, max=1, min_open=True),
+              default=_defaults.model.max_activity, show_default=True,
+              help="Hidden-layer spike capacity as a fraction of the layer size (sparse implementations).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, data order and randman.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="cpu", show_default=True,
+              help="cpu: TensorFlow with the compiled CPU ops; ipu: Graphcore IPU (needs tensorflow-ipu and the "
+                   "Poplar SDK).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Result file to write  [default: results/<dataset>-<implementation>-<time>.h5]")
+@click.pass_context
+def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, epochs, batch_size, learning_rate,
+          hidden, time_steps, max_activity, seed, backend, output):
+    """Train networks and write metrics, timings and spikes to HDF5.
+
+    With JOB (a YAML job file): run its tasks (all, or those of --task), one
+    result file each, skipping tasks already done and resuming interrupted
+    ones. Without JOB: one run from the options; with no options at all, the
+    main job on the synthetic randman task.
+
+    Exit codes: 0 done, 1 failed, 2 bad input, 75 stopped by SIGTERM/SIGUSR2
+    after saving a checkpoint (run the same command again to resume).
+    """
+    from snn_runner.runner.checkpoint import Interrupted, StopOnSignal
+
+    if job is not None:
+        reject_options_with_job(ctx, job)
+        _train_job(load_job_or_fail(job), task_spec, output_dir)
+        return
+    if task_spec is not None or output_dir is not None:
+        raise click.UsageError("--task and --output-dir need a JOB file")
+    try:
+        cfg = RunConfig(
+            model=ModelConfig(hidden=hidden, max_activity=max_activity, implementation=implementation),
+            data=DataConfig(dataset=dataset, time_steps=time_steps, seed=seed,
+                            data_dir=str(data_dir) if data_dir else ""),
+            train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                              backend=backend),
+        ).validate()
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    from snn_runner.model import resolve_implementation
+    from snn_runner.runner.train import train as run_training
+
+    resolved = resolve_implementation(implementation)
+    if output is None:
+        output = Path("results") / f"{dataset}-{resolved}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
+    try:
+        with StopOnSignal() as stop, runtime_errors():
+            summary = run_training(cfg, output, log=log, stop=stop)
+    except Interrupted as err:
+        exit_interrupted(err)
+    log(f"result: {summary.path}")
+    log(f"final test accuracy: {summary.test_accuracy:.4f}")
+
+
+def _train_job(job, task_spec, output_dir):
+    from snn_runner.runner.checkpoint import Interrupted, StopOnSignal
+    from snn_runner.runner.tasks import SKIPPED, run_train_task
+
+    if job.kind != "train":
+        raise click.UsageError(f"{job.path} is a {job.kind} job; run it with `snn-runner {job.kind}`")
+    tasks = select_tasks(job, task_spec)
+    log(f"job {job.name}: {len(tasks)} task(s) of {len(job.tasks())}")
+    try:
+        with StopOnSignal() as stop, runtime_errors():
+            for task in tasks:
+                summary = run_train_task(job, task, output_dir, log=log, stop=stop)
+                if summary != SKIPPED:
+                    log(f"result: {summary.path}")
+                    log(f"final test accuracy: {summary.test_accuracy:.4f}")
+    except Interrupted as err:
+        exit_interrupted(err)
