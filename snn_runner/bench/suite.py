@@ -59,10 +59,8 @@ def run_suite(network: str, implementations: list[str], activities: list[float],
         for impl in implementations:
             if impl == "dense":
                 continue
-            rec = run_case_isolated((network, net, impl, activity, steps, warmup))
-            rec["speedup_vs_dense"] = dense["step_ms_median"] / rec["step_ms_median"] if dense else None
-            rec["forward_speedup_vs_dense"] = (
-                dense["forward_ms_median"] / rec["forward_ms_median"] if dense else None)
+            measured = run_case_isolated((network, net, impl, activity, steps, warmup))
+            rec = with_speedups([r for r in (dense, measured) if r is not None])[-1]
             log(_line(rec, dense))
             records.append(rec)
     return records

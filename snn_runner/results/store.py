@@ -4,18 +4,9 @@ The file is written under a temporary name in the destination folder and
 renamed to its final name only after everything was written and closed, so a
 crash, a kill or an exception never leaves a half file under the final name.
 
-Layout (schema version 1):
-    /                 attrs: schema_version, package_version, git_revision,
-                             host, created_utc, slurm_job_id, slurm_array_job_id,
-                             slurm_array_task_id, implementation, config_json
-    /metrics/         one row per epoch:
-        epoch [E] int, train_loss [E], train_accuracy [E], test_loss [E],
-        test_accuracy [E], epoch_seconds [E],
-        spike_rate [E, L]  (spikes per neuron per time step, per layer, train),
-        dropped_spikes [E, L] int (spikes dropped for lack of capacity, train)
-    /timing/          step_seconds [S] (every training step after the first),
-                      attrs: compile_seconds (the first step: tracing + graph build),
-                             mode (how the graph was compiled)
+The layout (schema version 1: root attributes, /metrics, /timing, /spikes for
+training runs, /bench for benchmark cases) is documented in the README; what a
+complete file must hold is checked by ``snn_runner.results.schema``.
 """
 
 from __future__ import annotations
