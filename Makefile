@@ -1,8 +1,16 @@
-.PHONY: test setup main ops clean
+.PHONY: test test-fast setup main ops clean
 
-# The whole test suite (README's second command).
+# The whole test suite (README's second command), Slurm tests included.
 test: setup
 	.venv/bin/python -m pytest -q
+
+# The edit loop: everything but the Slurm, container and slowest tests
+# (markers in pyproject.toml); under 2 minutes on 2 cores.
+test-fast: setup
+	@start=$$(date +%s); rc=0; \
+	.venv/bin/python -m pytest -q -m "not slow and not slurm and not container" || rc=$$?; \
+	echo "test-fast: wall time $$(( $$(date +%s) - start )) s (exit $$rc)"; \
+	exit $$rc
 
 setup:
 	./run setup

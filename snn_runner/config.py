@@ -16,7 +16,11 @@ from typing import Any
 IMPLEMENTATIONS = ("dense", "sparse_ops", "sparse_layer")
 BACKENDS = ("cpu", "ipu")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
-DATASETS = ("randman", "nmnist", "shd", "dvsgesture")
+# random: uniform random input events with random labels, for timing only
+DATASETS = ("randman", "nmnist", "shd", "dvsgesture", "random")
+# Keys that change how a run is reported, never what it computes: they are
+# recorded but left out of the identity that names tasks and matches checkpoints.
+PRESENTATION_KEYS = {"train": ("progress_s",)}
 
 
 class ConfigError(ValueError):
@@ -66,7 +70,8 @@ class DataConfig:
     downsample: float = 1.0  # spatial downsampling factor (tonic Downsample); 1: off
     validation_fraction: float = 0.0  # carved reproducibly from train when > 0
     max_samples: int = 0  # per split, for quick runs; 0: all
-    # randman parameters (synthetic spike-timing task, Zenke & Vogels 2021)
+    # randman parameters (synthetic spike-timing task, Zenke & Vogels 2021);
+    # channels, classes and the sample counts also size the random dataset
     channels: int = 100
     classes: int = 10
     manifold_dim: int = 1
@@ -94,6 +99,9 @@ class DataConfig:
         _check_min("data.train_samples_per_class", self.train_samples_per_class, 1)
         _check_min("data.test_samples_per_class", self.test_samples_per_class, 1)
         _check_range("data.spike_window", self.spike_window, 0.0, 1.0, "in (0, 1]", lo_open=True)
+        if self.dataset == "random" and not 1 <= self.input_capacity <= self.channels:
+            _fail("data.input_capacity", self.input_capacity,
+                  f"the input events per step of the random dataset, 1 to data.channels={self.channels}")
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,11 @@ class TrainConfig:
     rate_low: float = 0.0
     rate_high: float = 1.0
     rate_strength: float = 0.0
+    progress_s: float = 30.0  # seconds between progress lines inside an epoch; 0: none
 
     def validate(self) -> None:
+        if not self.progress_s >= 0 or math.isinf(self.progress_s):
+            _fail("train.progress_s", self.progress_s, "0 (off) or a positive number of seconds")
         if self.backend not in BACKENDS:
             _fail("train.backend", self.backend, "one of " + ", ".join(BACKENDS))
         if self.optimizer not in OPTIMIZERS:
@@ -134,11 +145,23 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        if self.train.rate_strength > 0 and self.model.implementation == "sparse_layer":
+            raise ConfigError("train.rate_strength: activity regularisation is not available with sparse_layer "
+                              "(its fused gradient covers the loss on the logits only); use dense or sparse_ops, "
+                              "or set rate_strength to 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"]["hidden"] = list(self.model.hidden)
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """``to_dict()`` without the presentation keys: equal exactly when two runs compute the same."""
+        d = self.to_dict()
+        for section, keys in PRESENTATION_KEYS.items():
+            for key in keys:
+                d[section].pop(key)
         return d
 
     @classmethod
@@ -154,6 +177,65 @@ class RunConfig:
     def replace(self, section: str, **changes: Any) -> "RunConfig":
         new_section = dataclasses.replace(getattr(self, section), **changes)
         return dataclasses.replace(self, **{section: new_section}).validate()
+
+
+@dataclass(frozen=True)
+class BenchNetwork:
+    """A named benchmark network: its sizes and the random input it is timed on."""
+
+    sizes: tuple[int, ...]
+    time_steps: int
+    batch_size: int
+    input_events: int  # distinct input ids per sample and time step
+    weight_scale: float  # w_mul; 2.5 gives about 2% natural hidden activity on this input
+    note: str
+
+
+BENCH_NETWORKS = {
+    # The reference paper's N-MNIST network (Finkbeiner et al., AAAI 2024).
+    "nmnist-base": BenchNetwork((1156, 1470, 1460, 10), 100, 48, 32, 2.5,
+                                "N-MNIST sizes, T=100, batch 48, 32 random input events per step"),
+    # A quick one for tests and smoke runs.
+    "tiny": BenchNetwork((100, 200, 150, 10), 20, 8, 8, 6.0, "tiny network for smoke tests"),
+}
+
+# What a bench preset decides in the timed run's RunConfig; a bench job that
+# sets one of these itself is refused rather than silently overridden.
+BENCH_FILLED_KEYS = ("model.hidden", "model.weight_scale", "data.dataset", "data.channels", "data.classes",
+                     "data.time_steps", "data.input_capacity", "train.batch_size")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    network: str = "nmnist-base"
+    hidden: tuple = (0,)  # hidden sizes replacing the preset's; (0,) keeps the preset
+    steps: int = 5
+    warmup: int = 1
+
+    def validate(self) -> "BenchConfig":
+        if self.network not in BENCH_NETWORKS:
+            _fail("bench.network", self.network, "one of " + ", ".join(sorted(BENCH_NETWORKS)))
+        if self.hidden != (0,) and (not self.hidden or any(n < 1 for n in self.hidden)):
+            _fail("bench.hidden", list(self.hidden), "positive layer sizes")
+        _check_min("bench.steps", self.steps, 5)
+        _check_min("bench.warmup", self.warmup, 0)
+        return self
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        net = BENCH_NETWORKS[self.network]
+        hidden = net.sizes[1:-1] if self.hidden == (0,) else tuple(self.hidden)
+        return (net.sizes[0], *hidden, net.sizes[-1])
+
+    def apply(self, cfg: RunConfig) -> RunConfig:
+        """``cfg`` with the preset's network, input and batch: the configuration that is timed."""
+        net = BENCH_NETWORKS[self.network]
+        sizes = self.sizes
+        model = dataclasses.replace(cfg.model, hidden=sizes[1:-1], weight_scale=net.weight_scale)
+        data = dataclasses.replace(cfg.data, dataset="random", channels=sizes[0], classes=sizes[-1],
+                                   time_steps=net.time_steps, input_capacity=net.input_events)
+        train = dataclasses.replace(cfg.train, batch_size=net.batch_size)
+        return RunConfig(model, data, train).validate()
 
 
 def section_from_dict(section_cls, raw: dict[str, Any], where: str):

@@ -1,11 +1,71 @@
+"""Shared fixtures, and the test markers and switches.
+
+Markers (registered in pyproject.toml, `--strict-markers`):
+  slurm      needs the real one-node Slurm of tests/slurm_fixtures.py; added
+             here to every test using the `slurm_cluster` fixture
+  container  builds or inspects the container image / recipes
+  slow       one of the individually slowest tests (tens of seconds)
+`make test-fast` deselects all three; `make test` runs everything.
+
+Switches:
+  SNN_REQUIRE_SLURM=1  Slurm that cannot start fails the tests (tests/slurm_fixtures.py)
+  SNN_REQUIRE_OPS=1    tests skipped because the compiled ops library is not
+                       built fail instead (CI, where `./run setup` built them)
+"""
+
 import os
+import re
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Importing snn_runner (below) quiets TensorFlow's start-up lines.
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+from snn_runner.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
-from snn_runner.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+# Skip reasons of the tests that need the compiled ops, e.g. "compiled ops not
+# built (run scripts/build-ops)", "compiled CPU ops not found at ...".
+_OPS_SKIP = re.compile(r"compiled (\w+ )?ops", re.IGNORECASE)
+
+
+def _require_ops() -> bool:
+    return os.environ.get("SNN_REQUIRE_OPS") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def _fail_missing_ops(report) -> None:
+    if not (_require_ops() and report.skipped):
+        return
+    if hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    if _OPS_SKIP.search(reason):
+        report.outcome = "failed"
+        report.longrepr = f"compiled ops required (SNN_REQUIRE_OPS=1) but skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_missing_ops(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # module-level pytest.skip(..., allow_module_level=True)
+    outcome = yield
+    _fail_missing_ops(outcome.get_result())
 
 
 @pytest.fixture

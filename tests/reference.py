@@ -1,4 +1,4 @@
-"""Independent NumPy reference of the network equations (ARCHITECTURE section 2).
+"""Independent NumPy reference of the network equations (the model section of the README).
 
 Written step by step, as literally as possible, to check the TensorFlow
 implementations against.
@@ -37,3 +37,13 @@ def network_forward(frames, weights, alpha, theta, c):
             record[l][:, t] = s
         prev = new
     return record[-1].sum(axis=1), record
+
+
+def dense_frames(ids: np.ndarray, count: np.ndarray, channels: int) -> np.ndarray:
+    """0/1 frames ``[N, T, channels]`` (uint8) holding exactly the ids below count."""
+    n, t, k = ids.shape
+    valid = (np.arange(k) < count[..., None]) & (ids >= 0)
+    frames = np.zeros((n * t, channels), np.uint8)
+    row = np.broadcast_to(np.arange(n * t).reshape(n, t, 1), ids.shape)
+    frames[row[valid], ids[valid]] = 1
+    return frames.reshape(n, t, channels)

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -71,3 +72,23 @@ def test_job_file_cannot_be_mixed_with_options_and_tasks_must_exist(tmp_path):
     assert missing.exit_code == 2 and "task 99 does not exist" in missing.output
     listed = CliRunner().invoke(cli, ["sweep", str(job), "--list", "--output-dir", str(tmp_path)])
     assert listed.exit_code == 0 and listed.output.count(" todo ") == 4
+
+
+@pytest.mark.slow
+def test_progress_lines_with_an_eta_come_before_each_epoch_line(tmp_path):
+    # dense at T=100 with 256 hidden neurons: epochs of a second or more here
+    result = run_cli("train", "--implementation", "dense", "--epochs", "2", "--hidden", "256",
+                     "--time-steps", "100", "--progress-s", "0.25", "-o", "p.h5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    epoch_rows = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert len(epoch_rows) == 2
+    starts = [0] + [i + 1 for i in epoch_rows[:-1]]
+    for epoch, (lo, hi) in enumerate(zip(starts, epoch_rows), start=1):
+        progress = [line for line in lines[lo:hi] if line.startswith(f"  epoch {epoch}/2  step ")]
+        assert progress, f"no progress line before epoch {epoch}:\n{result.stdout}"
+        assert all(re.search(r"samples/s  loss \d+\.\d{4}  eta \d+m\d{2}s$", line) for line in progress), progress
+    assert "\r" not in result.stdout
+    quiet = run_cli("train", "--implementation", "dense", "--epochs", "1", "--hidden", "16", "--time-steps", "20",
+                    "--progress-s", "0", "-o", "q.h5", cwd=tmp_path)
+    assert quiet.returncode == 0 and " step " not in quiet.stdout

@@ -10,7 +10,7 @@ from PIL import Image
 from snn_runner.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from snn_runner.results.collect import collect, read_table, write_table
 from snn_runner.results.report import report
-from snn_runner.runner.train import train
+from snn_runner.dispatch import run_training as train
 from snn_runner.sparse import library
 
 TINY = RunConfig(
@@ -69,6 +69,7 @@ def _assert_real_png(path):
 
 
 @pytest.mark.skipif(not library.available(), reason="compiled ops not built (run scripts/build-ops)")
+@pytest.mark.slow
 def test_bench_job_collect_report_from_the_command_line(results_dir, tmp_path):
     (tmp_path / "bench.yaml").write_text(BENCH_JOB)
 
@@ -80,10 +81,31 @@ def test_bench_job_collect_report_from_the_command_line(results_dir, tmp_path):
 
     out = run("bench", "bench.yaml", "--output-dir", "res")
     assert "| sparse_layer | 0.20 |" in out and "| dense | - |" in out
+    # each bench file records the configuration that was timed: the preset's network, input and batch
+    from snn_runner.config import BENCH_NETWORKS, RunConfig
+    from snn_runner.results.store import read_result
+
+    tiny = BENCH_NETWORKS["tiny"]
+    files = sorted((tmp_path / "res").glob("b-*.h5"))
+    assert len(files) == 3
+    for f in files:
+        rec = read_result(f)
+        cfg = RunConfig.from_dict(rec["config"])
+        assert (cfg.data.channels, *cfg.model.hidden, cfg.data.classes) == tiny.sizes == tuple(rec["bench"]["sizes"])
+        assert (cfg.data.dataset, cfg.data.time_steps, cfg.train.batch_size, cfg.data.input_capacity,
+                cfg.model.weight_scale) == ("random", tiny.time_steps, tiny.batch_size, tiny.input_events,
+                                            tiny.weight_scale)
+        assert cfg.model.implementation == rec["bench"]["implementation"] == rec["attrs"]["implementation"]
     for f in results_dir.rglob("*.h5"):  # mix training results into the same folder
         if f.name in ("a.h5", "b.h5"):
             (tmp_path / "res" / f.name).write_bytes(f.read_bytes())
     run("collect", "res", "-o", "table.h5")
+    rows, _ = read_table(tmp_path / "table.h5")
+    bench_rows = [r for r in rows if r["kind"] == "bench"]
+    assert len(bench_rows) == 3
+    for r in bench_rows:
+        assert (r["dataset"], r["time_steps"], r["batch_size"], r["sizes"]) == (
+            "random", tiny.time_steps, tiny.batch_size, str(list(tiny.sizes)))
     out = run("report", "table.h5", "-o", "rep")
     for name in ("speedup_vs_activity.png", "accuracy_loss.png", "spike_rates.png", "spike_raster.png"):
         _assert_real_png(tmp_path / "rep" / name)

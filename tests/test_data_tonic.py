@@ -15,10 +15,11 @@ from snn_runner.config import DataConfig
 from snn_runner.data import DatasetCorruptError, DatasetMissingError, load_dataset, load_splits, prepare
 from snn_runner.data.cli_commands import data
 from snn_runner.data.denoise import denoise
-from snn_runner.data.events import PAD, bin_sample, dense_frames, events_to_sparse, expand
+from snn_runner.data.events import PAD, bin_sample, events_to_sparse, expand
 from snn_runner.data.preprocess import Preprocessing, SamplePreprocessor
 from snn_runner.data.tonic_sources import SOURCES, check_files, offline_class, open_split, read_sample
 from tests.fixtures import block_network
+from tests.reference import dense_frames
 from tests.fixtures.event_data import (
     SAMPLE_NMNIST,
     SAMPLE_NMNIST_EVENTS,

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from snn_runner.backend import get_backend
 from snn_runner.config import ModelConfig
 from snn_runner.model import NetworkSpec, Parameters
 from snn_runner.model.dense import DenseModel
@@ -35,7 +36,7 @@ def test_dense_model_matches_stepwise_numpy_network(seed):
     spec = NetworkSpec.from_config(cfg, n_in=40, n_out=5, input_capacity=8)
     params = Parameters(spec, seed)
     ids, count = random_input(rng, 4, 25, 40, 8)
-    out = DenseModel(spec, params)(tf.constant(ids), tf.constant(count))
+    out = DenseModel(spec, params, get_backend("cpu"))(tf.constant(ids), tf.constant(count))
     frames = frames_from_sparse(tf.constant(ids), tf.constant(count), 40).numpy()
     logits, record = reference.network_forward(
         frames, [w.numpy() for w in params.weights], cfg.alpha, cfg.threshold, cfg.input_scale

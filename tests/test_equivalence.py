@@ -1,4 +1,4 @@
-"""The correctness anchor (ARCHITECTURE section 3): sparse == dense.
+"""The correctness anchor: the sparse implementations equal the dense one.
 
 With K = n and theta2 = -inf the sparse implementations are the dense model:
 same spikes, same logits, same gradients. With a finite theta2 (and no
@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from snn_runner.backend import get_backend
 from snn_runner.config import ModelConfig
-from snn_runner.model import NetworkSpec, Parameters, build_model
+from snn_runner.model import NetworkSpec, Parameters
+from snn_runner.model import build_model as build_on_backend
+from snn_runner.model.steps import rate_penalty
 from snn_runner.sparse.spikes import frames_from_sparse
 from snn_runner.neuron.lif import heaviside, superspike_derivative
 from snn_runner.sparse import library
@@ -25,6 +28,10 @@ pytestmark = pytest.mark.skipif(not library.available(), reason="compiled ops no
 
 SPARSE = ("sparse_ops", "sparse_layer")
 N_IN, N_OUT, STEPS, BATCH, K_IN = 30, 6, 24, 4, 10
+
+
+def build_model(implementation, spec, params):
+    return build_on_backend(implementation, spec, params, get_backend("cpu"))
 
 
 def setup(seed, hidden=(40, 35), **model):
@@ -90,7 +97,7 @@ def test_finite_theta2_matches_dense_with_masked_surrogate(implementation, seed)
     dense_out, plain_grads = run(dense, params, ids, count, weight)
     # hidden layers: surrogate only above theta2; the readout layer carries every neuron
     for l in range(spec.layers - 1):
-        dense.spike_fns[l] = masked_spike_fn(spec.beta, spec.threshold2 - spec.threshold)
+        dense.spike_fns[l] = masked_spike_fn(spec.lif.beta, spec.lif.threshold2 - spec.lif.threshold)
     _, masked_grads = run(dense, params, ids, count, weight)
     out, grads = run(build_model(implementation, spec, params), params, ids, count, weight)
     np.testing.assert_array_equal(out.logits.numpy(), dense_out.logits.numpy())
@@ -107,7 +114,7 @@ def test_dropped_spikes_are_counted_exactly(implementation):
     # Layer 1 sees the same input as the dense reference, so its drops are known exactly.
     frames = frames_from_sparse(ids, count, N_IN).numpy()
     _, record = reference.network_forward(
-        frames, [w.numpy() for w in params.weights], spec.alpha, spec.threshold, spec.input_scale)
+        frames, [w.numpy() for w in params.weights], spec.lif.alpha, spec.lif.threshold, spec.lif.input_scale)
     per_step = record[0].sum(axis=2)  # spikes of layer 1 per (b, t)
     expected = np.maximum(per_step - spec.capacities[0], 0).sum()
     assert expected > 0, "the test needs drops"
@@ -128,8 +135,6 @@ def test_implementations_agree_with_each_other_at_low_capacity():
 def test_rate_penalty_gradient_of_sparse_ops_equals_dense():
     # sparse_ops counts spikes as a sum of differentiable values, so activity
     # regularisation trains it exactly like the dense model (K = n, theta2 = -inf).
-    from snn_runner.runner.steps import rate_penalty
-
     spec, params, ids, count, _ = setup(4, max_activity=1.0, threshold2_fraction=-math.inf)
     penalty = rate_penalty(0.2, 0.3, 50.0, STEPS, spec.sizes[1:])  # rates are ~0.05-0.2: the low hinge acts
 

@@ -88,3 +88,49 @@ def test_shipped_job_files_are_valid():
         assert job.tasks(), path
     smoke = load_job(REPO / "jobs" / "smoke.yaml")
     assert len(smoke.tasks()) >= 4
+
+
+def test_bench_task_config_is_the_timed_network():
+    job = load_job(REPO / "jobs" / "bench-activity.yaml")
+    for task in job.tasks():
+        cfg = task.config
+        assert (cfg.data.channels, *cfg.model.hidden, cfg.data.classes) == (1156, 1470, 1460, 10)
+        assert (cfg.data.time_steps, cfg.train.batch_size, cfg.data.input_capacity) == (100, 48, 32)
+        assert (cfg.data.dataset, cfg.model.weight_scale) == ("random", 2.5)
+    deeper = load_job(REPO / "jobs" / "bench-multilayer.yaml").tasks()
+    assert {t.config.model.hidden for t in deeper} == {(1470,) * n for n in (2, 3, 4, 5)}
+
+
+@pytest.mark.parametrize("key", ["model: {hidden: [64]}", "train: {batch_size: 4}", "data: {time_steps: 7}"])
+def test_bench_job_refuses_keys_its_preset_decides(tmp_path, key):
+    text = f"name: b\nkind: bench\nbench: {{network: tiny}}\n{key}\n"
+    with pytest.raises(JobFileError, match="set by the bench preset"):
+        load_job(write(tmp_path, text))
+
+
+def test_rules_between_sections_are_checked_when_the_job_is_loaded(tmp_path):
+    text = BASE + "sweep: {list: [{model.implementation: sparse_layer, train.rate_strength: 1.0}]}\n"
+    with pytest.raises(JobFileError, match="not available with sparse_layer"):
+        load_job(write(tmp_path, text))
+
+
+def test_progress_interval_is_recorded_but_does_not_change_the_task_id(tmp_path):
+    quiet = load_job(write(tmp_path, BASE.replace("batch_size: 8", "batch_size: 8, progress_s: 0"), "q.yaml"))
+    loud = load_job(write(tmp_path, BASE, "l.yaml"))
+    assert quiet.tasks()[0].task_id == loud.tasks()[0].task_id
+    assert quiet.tasks()[0].config.train.progress_s == 0 and loud.tasks()[0].config.train.progress_s == 30
+
+
+def test_a_task_found_by_index_must_still_have_its_id(tmp_path):
+    from snn_runner.jobs import TaskChangedError
+
+    path = write(tmp_path, BASE)
+    submitted = load_job(path).task(0)
+    assert load_job(path).task(0, expected_id=submitted.task_id) == submitted
+    path.write_text(BASE.replace("epochs: 1", "epochs: 2"))
+    with pytest.raises(TaskChangedError) as err:
+        load_job(path).task(0, expected_id=submitted.task_id)
+    message = str(err.value)
+    assert str(path) in message and submitted.task_id in message and load_job(path).task(0).task_id in message
+    with pytest.raises(TaskChangedError, match="no task 5"):
+        load_job(path).task(5, expected_id="x")

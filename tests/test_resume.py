@@ -38,6 +38,7 @@ def uninterrupted(tmp_path_factory):
     return read_result(next((folder / "straight").glob("*.h5")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
 def test_signal_saves_checkpoint_and_resume_reproduces_the_run(tmp_path, signum, uninterrupted):
     (tmp_path / "job.yaml").write_text(JOB)

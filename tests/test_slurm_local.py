@@ -10,6 +10,8 @@ import submitit
 
 from tests.slurm_fixtures import SCRIPT, slurm_cluster  # noqa: F401
 
+pytestmark = pytest.mark.slurm
+
 
 def test_node_is_idle_in_default_partition(slurm_cluster):  # noqa: F811
     # Jobs of other tests, or of another session sharing the cluster, may

@@ -10,7 +10,8 @@ import pytest
 
 from snn_runner.results.collect import collect
 from snn_runner.results.store import read_result
-from snn_runner.slurm.submit import read_submissions
+from snn_runner.files import OutputLayout
+from snn_runner.slurm.submission import read_submissions
 from tests.slurm_fixtures import slurm_cluster  # noqa: F401
 
 TINY = """
@@ -85,11 +86,11 @@ def test_sweep_runs_as_one_array_and_resubmission_only_sends_missing_tasks(slurm
 def test_bad_job_file_is_rejected_before_submitting(slurm_cluster, tmp_path):
     job = tmp_path / "bad.yaml"
     job.write_text(TINY.format(name="bad").replace("epochs: 2", "epohcs: 2"))
-    before = slurm_cluster.run("squeue", "-h", "-o", "%i").stdout
     res = cli("submit", str(job), "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert res.returncode == 2 and "unknown key 'epohcs'; did you mean 'epochs'?" in res.stderr
     assert not (tmp_path / "out").exists()
-    assert slurm_cluster.run("squeue", "-h", "-o", "%i").stdout == before
+    # nothing of this job reached Slurm (other tests' jobs may come and go meanwhile)
+    assert slurm_cluster.run("squeue", "-h", "-n", "snn-bad", "-o", "%i").stdout == ""
 
 
 def test_failing_task_is_reported_and_others_finish(slurm_cluster, tmp_path):
@@ -109,13 +110,41 @@ def test_failing_task_is_reported_and_others_finish(slurm_cluster, tmp_path):
     assert "DatasetMissingError" in failed[0] and "/nonexistent" in failed[0], st.stdout
 
 
+def test_task_of_a_job_file_edited_after_submission_is_refused(slurm_cluster, tmp_path):
+    job = tmp_path / "edited.yaml"
+    # the task waits in its setup line, so the edit lands before it reads the job file
+    job.write_text(TINY.format(name="edited").replace("mem_gb: 1,", "mem_gb: 1, setup: ['sleep 6'],"))
+    out = tmp_path / "out"
+    sent = cli("submit", str(job), "--output", str(out), cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    submitted = read_submissions(OutputLayout(out).submissions)[-1]
+    job.write_text(job.read_text().replace("epochs: 2", "epochs: 3"))
+    from snn_runner.jobs import load_job
+
+    now_id = load_job(job).task(0).task_id
+    assert now_id != submitted.task_id
+    st = cli("status", str(out), cwd=tmp_path)
+    # status reads the edited file: its task 0 was never submitted, the one sent has changed
+    assert st.returncode == 3 and "not submitted" in st.stdout, st.stdout
+    changed = [ln for ln in st.stdout.splitlines() if " changed " in ln]
+    assert len(changed) == 1 and submitted.task_id in changed[0] and "edited after" in changed[0], st.stdout
+    errors = "\n".join(p.read_text() for p in out.rglob("*_log.err"))
+    deadline = time.monotonic() + 240
+    while "TaskChangedError: " not in errors and time.monotonic() < deadline:
+        time.sleep(2)
+        errors = "\n".join(p.read_text() for p in out.rglob("*_log.err"))
+    line = next(ln for ln in errors.splitlines() if "TaskChangedError: " in ln)
+    assert submitted.task_id in line and now_id in line and str(job) in line, line
+    assert not list(out.glob("*.h5")), "the edited task must not train"
+
+
 def test_requeued_running_task_resumes_and_matches_uninterrupted_run(slurm_cluster, tmp_path):
     job = tmp_path / "long.yaml"
     job.write_text(LONG)
     out = tmp_path / "out"
     sent = cli("submit", str(job), "--output", str(out), cwd=tmp_path)
     assert sent.returncode == 0, sent.stderr
-    job_id = read_submissions(out)[-1]["job_id"]
+    job_id = read_submissions(OutputLayout(out).submissions)[-1].job_id
     # requeue once the first epoch's checkpoint exists, i.e. in the middle of the run
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not list(out.glob(".*.ckpt")):

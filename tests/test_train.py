@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from snn_runner.results.store import SCHEMA_VERSION, read_result
-from snn_runner.runner.train import train
+from snn_runner.dispatch import run_training as train
 
 
 def test_easy_randman_is_learned_and_recorded(tmp_path, easy_config):
@@ -60,13 +60,17 @@ def test_rate_regularisation_lowers_activity_and_optimizers_are_selectable(tmp_p
     assert read_result(capped.path)["config"]["train"]["optimizer"] == "rmsprop"
 
 
-def test_rate_regularisation_is_refused_for_sparse_layer(tmp_path, easy_config):
+def test_rate_regularisation_with_sparse_layer_is_refused_by_validation(easy_config):
     from snn_runner.config import ConfigError
+
+    with pytest.raises(ConfigError, match="not available with sparse_layer"):
+        easy_config.replace("model", implementation="sparse_layer").replace("train", rate_strength=1.0)
+
+
+def test_auto_with_rate_regularisation_resolves_to_an_implementation_that_supports_it(easy_config):
+    from snn_runner.dispatch import resolve
     from snn_runner.sparse import library
 
-    if not library.available():
-        pytest.skip("compiled ops not built (run scripts/build-ops)")
-    cfg = easy_config.replace("model", implementation="sparse_layer").replace("train", rate_strength=1.0)
-    with pytest.raises(ConfigError, match="not available with sparse_layer"):
-        train(cfg, tmp_path / "x.h5", log=lambda _: None)
-    assert not list(tmp_path.iterdir())
+    cfg = resolve(easy_config.replace("model", implementation="auto").replace("train", rate_strength=1.0))
+    assert cfg.model.implementation == ("sparse_ops" if library.available() else "dense")
+    assert resolve(cfg) == cfg  # resolved once, then left alone

@@ -13,45 +13,56 @@ from pathlib import Path
 from typing import Callable
 
 from snn_runner.bench.measure import measure_case
-from snn_runner.bench.presets import PRESETS
+from snn_runner.config import BENCH_NETWORKS, BenchConfig, RunConfig
+from snn_runner.files import atomic_text
 
 
-def _child(conn, args) -> None:
+def _child(conn, cfg: RunConfig, bench: BenchConfig) -> None:
     try:
-        conn.send(("ok", measure_case(*args).to_dict()))
+        conn.send(("ok", measure_case(cfg, bench).to_dict()))
     except BaseException as exc:  # report any failure to the parent instead of dying silently
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
-def run_case_isolated(args: tuple) -> dict:
+def run_case_isolated(cfg: RunConfig, bench: BenchConfig) -> dict:
+    """``measure_case`` in a fresh process; its record as a dict."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, args))
+    proc = ctx.Process(target=_child, args=(child, cfg, bench))
     proc.start()
     child.close()
+    what = f"{cfg.model.implementation} at max_activity {cfg.model.max_activity}"
     try:
         status, payload = parent.recv()
     except EOFError:
         proc.join()
-        raise RuntimeError(f"benchmark process for {args[2]} died with exit code {proc.exitcode}") from None
+        raise RuntimeError(f"benchmark process for {what} died with exit code {proc.exitcode}") from None
     proc.join()
     if status != "ok":
-        raise RuntimeError(f"benchmark {args[2]} at max_activity {args[3]} failed: {payload}")
+        raise RuntimeError(f"benchmark {what} failed: {payload}")
     return payload
 
 
-def run_suite(network: str, implementations: list[str], activities: list[float], steps: int, warmup: int,
+def case_config(bench: BenchConfig, implementation: str, max_activity: float,
+                base: RunConfig | None = None) -> RunConfig:
+    """The timed configuration of one case of ``bench``."""
+    base = (base or RunConfig()).replace("model", implementation=implementation, max_activity=max_activity)
+    return bench.apply(base)
+
+
+def run_suite(bench: BenchConfig, implementations: list[str], activities: list[float],
               log: Callable[[str], None]) -> list[dict]:
-    net = PRESETS[network]
-    log(f"bench: {network} {list(net.sizes)} T={net.time_steps} batch={net.batch_size} "
-        f"input events/step={net.input_events}; {steps} timed steps after {warmup} warm-up")
+    """Every implementation at every activity, dense once; implementations must be resolved names."""
+    net = BENCH_NETWORKS[bench.network]
+    log(f"bench: {bench.network} {list(bench.sizes)} T={net.time_steps} batch={net.batch_size} "
+        f"input events/step={net.input_events}; {bench.steps} timed steps after {bench.warmup} warm-up")
     dense = None
     records = []
     if "dense" in implementations:
         # dense does not depend on max_activity: measure it once, report it per activity
-        dense = run_case_isolated((network, net, "dense", activities[0], steps, warmup))
+        dense = run_case_isolated(case_config(bench, "dense", activities[0]), bench)
         log(_line(dense, None))
     for activity in activities:
         if dense is not None:
@@ -59,7 +70,7 @@ def run_suite(network: str, implementations: list[str], activities: list[float],
         for impl in implementations:
             if impl == "dense":
                 continue
-            measured = run_case_isolated((network, net, impl, activity, steps, warmup))
+            measured = run_case_isolated(case_config(bench, impl, activity), bench)
             rec = with_speedups([r for r in (dense, measured) if r is not None])[-1]
             log(_line(rec, dense))
             records.append(rec)
@@ -103,7 +114,4 @@ def format_table(records: list[dict]) -> str:
 
 
 def write_json(records: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1))
-    tmp.replace(path)
+    atomic_text(path, json.dumps(records, indent=1))

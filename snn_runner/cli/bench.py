@@ -6,21 +6,14 @@ from pathlib import Path
 
 import click
 
-from snn_runner.bench.presets import PRESETS
-from snn_runner.cli.common import (
-    job_arguments,
-    load_job_or_fail,
-    log,
-    reject_options_with_job,
-    runtime_errors,
-    select_tasks,
-)
-from snn_runner.config import IMPLEMENTATIONS
+from snn_runner.cli import common
+from snn_runner.cli.common import job_arguments, log
+from snn_runner.config import BENCH_NETWORKS, IMPLEMENTATIONS, BenchConfig
 
 
 @click.command()
 @job_arguments
-@click.option("--network", type=click.Choice(sorted(PRESETS)), default="nmnist-base", show_default=True,
+@click.option("--network", type=click.Choice(sorted(BENCH_NETWORKS)), default="nmnist-base", show_default=True,
               help="Benchmark network preset (nmnist-base: [1156, 1470, 1460, 10], T=100, batch 48, "
                    "32 input events per step).")
 @click.option("--implementation", "implementations", type=click.Choice(IMPLEMENTATIONS), multiple=True,
@@ -53,16 +46,16 @@ def bench(ctx, job, task_spec, output_dir, network, implementations, activities,
     from snn_runner.sparse import library
 
     if job is not None:
-        reject_options_with_job(ctx, job, keep=("json_path",))
-        job = load_job_or_fail(job)
+        common.reject_options_with_job(ctx, job, keep=("json_path",))
+        job = common.load_job_or_fail(job)
         if job.kind != "bench":
             raise click.UsageError(f"{job.path} is a {job.kind} job; run it with `snn-runner {job.kind}`")
-        from snn_runner.runner.tasks import run_bench_tasks
+        from snn_runner.dispatch import run_bench_tasks
 
-        tasks = select_tasks(job, task_spec)
+        tasks = common.select_tasks(job, task_spec)
         log(f"job {job.name}: {len(tasks)} bench task(s) on {job.bench.network}")
         try:
-            with runtime_errors():
+            with common.runtime_errors():
                 records = with_speedups(run_bench_tasks(job, tasks, output_dir, log=log))
         except RuntimeError as err:
             raise click.ClickException(str(err)) from None
@@ -83,7 +76,8 @@ def bench(ctx, job, task_spec, output_dir, network, implementations, activities,
                                    "build them with scripts/build-ops (./run does it on first use)")
     activities = list(activities) or [0.01, 0.02, 0.05, 0.1]
     try:
-        records = run_suite(network, implementations, activities, steps, warmup, log)
+        records = run_suite(BenchConfig(network, steps=steps, warmup=warmup).validate(), implementations,
+                            activities, log)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     log("")

@@ -85,6 +85,7 @@ def exit_interrupted(err) -> None:
     click.echo(f"interrupted: {err}", err=True)
     sys.exit(INTERRUPTED_EXIT_CODE)
 
+
 class runtime_errors:
     """Turn the runtime errors a user can fix into one-line messages and exit 1."""
 
@@ -93,7 +94,7 @@ class runtime_errors:
 
     def __exit__(self, exc_type, exc, tb):
         from snn_runner.data import DataError
-        from snn_runner.ipu.backend import IpuUnavailableError
+        from snn_runner.backend import IpuUnavailableError
         from snn_runner.runner.checkpoint import CheckpointCorrupt, CheckpointMismatch
         from snn_runner.sparse.library import OpsNotBuiltError
 

@@ -22,14 +22,13 @@ from snn_runner.cli.common import (
 def sweep(job, show, output_dir):
     """Validate a job file and show the tasks its sweep expands to."""
     from snn_runner.results.schema import is_complete
-    from snn_runner.runner.tasks import result_path
 
     job = load_job_or_fail(job)
     tasks = job.tasks()
     log(f"job {job.name} ({job.kind}): {len(tasks)} task(s), output {output_dir or job.output}")
     if show:
         for t in tasks:
-            path = result_path(job, t, output_dir)
+            path = job.result(t, output_dir)
             state = "done" if is_complete(path) else "todo"
             overrides = " ".join(f"{k}={v}" for k, v in t.overrides.items()) or "(base)"
             log(f"{t.index:4d}  {t.task_id}  {state}  {overrides}  {path}")
@@ -75,14 +74,16 @@ def status(folder):
 
     Exit code 0 when every task is done, 3 otherwise.
     """
+    from snn_runner.files import OutputLayout
     from snn_runner.slurm.status import task_statuses
-    from snn_runner.slurm.submit import read_submissions
+    from snn_runner.slurm.submission import read_submissions
 
-    records = read_submissions(folder)
+    submissions = OutputLayout(folder).submissions
+    records = read_submissions(submissions)
     if not records:
-        raise click.ClickException(f"{folder}: no submissions recorded here (expected {folder}/.snn-submissions.jsonl "
+        raise click.ClickException(f"{folder}: no submissions recorded here (expected {submissions} "
                                    "written by `snn-runner submit`)")
-    job = load_job_or_fail(Path(records[-1]["job_file"]))
+    job = load_job_or_fail(Path(records[-1].job_file))
     counts = {}
     for st in task_statuses(job, folder):
         counts[st.state] = counts.get(st.state, 0) + 1

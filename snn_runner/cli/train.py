@@ -56,11 +56,13 @@ _defaults = RunConfig()
 @click.option("--backend", type=click.Choice(BACKENDS), default="cpu", show_default=True,
               help="cpu: TensorFlow with the compiled CPU ops; ipu: Graphcore IPU (needs tensorflow-ipu and the "
                    "Poplar SDK).")
+@click.option("--progress-s", type=click.FloatRange(min=0), default=_defaults.train.progress_s, show_default=True,
+              help="Seconds between progress lines inside an epoch (step, samples/s, loss, ETA); 0: off.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Result file to write  [default: results/<dataset>-<implementation>-<time>.h5]")
 @click.pass_context
 def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, epochs, batch_size, learning_rate,
-          hidden, time_steps, max_activity, seed, backend, output):
+          hidden, time_steps, max_activity, seed, backend, progress_s, output):
     """Train networks and write metrics, timings and spikes to HDF5.
 
     With JOB (a YAML job file): run its tasks (all, or those of --task), one
@@ -85,16 +87,15 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
             data=DataConfig(dataset=dataset, time_steps=time_steps, seed=seed,
                             data_dir=str(data_dir) if data_dir else ""),
             train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                              backend=backend),
+                              backend=backend, progress_s=progress_s),
         ).validate()
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
-    from snn_runner.model import resolve_implementation
-    from snn_runner.runner.train import train as run_training
+    from snn_runner.dispatch import resolve, run_training
 
-    resolved = resolve_implementation(implementation)
+    cfg = resolve(cfg)
     if output is None:
-        output = Path("results") / f"{dataset}-{resolved}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
+        output = Path("results") / f"{dataset}-{cfg.model.implementation}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
     try:
         with StopOnSignal() as stop, runtime_errors():
             summary = run_training(cfg, output, log=log, stop=stop)
@@ -106,7 +107,7 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
 
 def _train_job(job, task_spec, output_dir):
     from snn_runner.runner.checkpoint import Interrupted, StopOnSignal
-    from snn_runner.runner.tasks import SKIPPED, run_train_task
+    from snn_runner.dispatch import SKIPPED, run_train_task
 
     if job.kind != "train":
         raise click.UsageError(f"{job.path} is a {job.kind} job; run it with `snn-runner {job.kind}`")

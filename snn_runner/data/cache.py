@@ -16,9 +16,9 @@ Layout (format version ``FORMAT_VERSION``):
   sample in tonic's sorted split) and ``stats/<name>`` ``[N]`` per-sample
   counters (see ``STATS``).
 
-Writes go to a temporary file in the cache folder and are renamed over the
-entry when complete (``os.replace`` is atomic within one file system), so a
-reader sees either no entry or a whole one. Builders of the same entry
+Writes go through the atomic writer (a temporary file in the cache folder,
+renamed over the entry when complete), so a reader sees either no entry or a
+whole one. Builders of the same entry
 serialise on an ``flock`` of ``<entry>.lock`` so a sweep that starts many tasks
 at once bins the data once; where the file system refuses locks, they build in
 parallel and the last rename wins (both files are identical). A file that
@@ -42,6 +42,7 @@ import h5py
 import numpy as np
 
 from snn_runner.data.errors import CacheError
+from snn_runner.files import atomic_h5, stale_temporaries
 
 FORMAT_VERSION = 1
 # Per-sample counters kept next to the tensors, for the report.
@@ -148,20 +149,25 @@ class _SplitWriter:
 
 
 class EntryWriter:
-    """Context manager: writes a temporary file, renames it to ``path`` on success."""
+    """Context manager: an entry that appears under ``path`` only once ``finish`` was called.
+
+    Goes through the atomic writer; an exception, or leaving without
+    ``finish``, removes the temporary file.
+    """
 
     def __init__(self, path: Path, key: str, params: dict):
         self.path = Path(path)
         self.key = key
         self.params = params
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         self.file: h5py.File | None = None
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "EntryWriter":
         try:
-            self.file = h5py.File(self.tmp, "w", locking=False)
+            self.file = self._stack.enter_context(atomic_h5(self.path, locking=False))
         except OSError as err:
-            raise CacheError(f"cannot create {self.tmp}: {err}") from err
+            self._stack.close()
+            raise CacheError(f"cannot create a cache entry in {self.path.parent}: {err}") from err
         self.file.attrs.update(format_version=FORMAT_VERSION, key=self.key,
                                params=json.dumps(self.params, sort_keys=True), created=time.time())
         return self
@@ -173,15 +179,11 @@ class EntryWriter:
         self.file.attrs["capacity"] = capacity
         self.file.attrs["complete"] = 1  # last: a file without it was interrupted
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        complete = exc_type is None and self.file is not None and self.file.attrs.get("complete") == 1
-        if self.file is not None:
-            self.file.close()
-        if complete:
-            os.replace(self.tmp, self.path)
-        else:
-            with contextlib.suppress(OSError):
-                self.tmp.unlink()
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and self.file.attrs.get("complete") != 1:
+            exc_type = CacheError
+            exc = CacheError(f"cache entry {self.path.name} was left unfinished")
+        return self._stack.__exit__(exc_type, exc, tb)
 
 
 def read_entry(path: Path, key: str) -> Entry:
@@ -222,7 +224,7 @@ def read_entry(path: Path, key: str) -> Entry:
 
 def remove_stale_temporaries(path: Path) -> None:
     """Delete temporaries of ``path`` left by crashed builds (call only while holding the lock)."""
-    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+    for tmp in stale_temporaries(path):
         with contextlib.suppress(OSError):
             tmp.unlink()
 

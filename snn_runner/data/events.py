@@ -156,16 +156,6 @@ def expand(flat_ids: np.ndarray, count: np.ndarray, capacity: int) -> np.ndarray
     return out.reshape(n, t, capacity)
 
 
-def dense_frames(ids: np.ndarray, count: np.ndarray, channels: int) -> np.ndarray:
-    """0/1 frames ``[N, T, channels]`` (uint8) holding exactly the ids below count."""
-    n, t, k = ids.shape
-    valid = (np.arange(k) < count[..., None]) & (ids >= 0)
-    frames = np.zeros((n * t, channels), np.uint8)
-    row = np.broadcast_to(np.arange(n * t).reshape(n, t, 1), ids.shape)
-    frames[row[valid], ids[valid]] = 1
-    return frames.reshape(n, t, channels)
-
-
 def events_to_sparse(
     samples: Iterable[tuple[np.ndarray, np.ndarray]],
     labels: np.ndarray,

@@ -45,8 +45,8 @@ def ragged_to_eventset(split: RaggedSplit, capacity: int, indices: np.ndarray | 
 
 def load_splits(cfg: DataConfig, log: Callable[[str], None] = print) -> dict[str, EventSet]:
     """``{"train", ["validation",] "test"}`` EventSets sharing one capacity, each with a report."""
-    if cfg.dataset == "randman":
-        return _randman_splits(cfg)
+    if cfg.dataset in ("randman", "random"):
+        return _generated_splits(cfg)
     from snn_runner.data.pipeline import prepare
 
     prepared = prepare(cfg, log)
@@ -67,16 +67,19 @@ def load_splits(cfg: DataConfig, log: Callable[[str], None] = print) -> dict[str
     return sets
 
 
-def _randman_splits(cfg: DataConfig) -> dict[str, EventSet]:
-    from snn_runner.data.randman import load_randman
+def _generated_splits(cfg: DataConfig) -> dict[str, EventSet]:
+    if cfg.dataset == "randman":
+        from snn_runner.data.randman import load_randman as load
+    else:
+        from snn_runner.data.random_events import load_random as load
 
-    train, test = load_randman(cfg)
+    train, test = load(cfg)
     train_idx, val_idx = validation_indices(len(train), cfg.validation_fraction, cfg.seed)
     sets = {"train": train}
     if val_idx is not None:
         sets = {"train": train.subset(train_idx), "validation": train.subset(val_idx)}
     sets["test"] = test
     for name, ev in sets.items():
-        ev.report = split_report("randman", name, ev.count, ev.capacity, ev.channels, None,
+        ev.report = split_report(cfg.dataset, name, ev.count, ev.capacity, ev.channels, None,
                                  dropped=ev.dropped_events)
     return sets

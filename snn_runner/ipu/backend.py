@@ -1,13 +1,14 @@
-"""The runner's hook into Graphcore's tensorflow-ipu.
+"""The hook into Graphcore's tensorflow-ipu.
 
-``require_ipu()`` is called by the runner for ``--backend ipu`` before any
-data or model work. Without Graphcore's TensorFlow (``tensorflow.python.ipu``)
-or without the Poplar SDK (``popc``) it raises ``IpuUnavailableError`` with a
+``require_ipu()`` runs when the IPU backend is chosen
+(``snn_runner.backend.get_backend("ipu")``), before any data or model work.
+Without Graphcore's TensorFlow (``tensorflow.python.ipu``) or without the
+Poplar SDK (``popc``) it raises ``IpuUnavailableError`` with a
 message that says what is missing, where it comes from and how to run on CPU
 instead. Both checks are cheap: the stock TensorFlow wheel is recognised
 without importing it.
 
-With the stack present it returns an ``IpuBackend``, which configures the IPU
+With the stack present it returns an ``IpuRuntime``, which configures the IPU
 system and calls the Poplar ops of ops/poplar (built by
 ``scripts/build-ipu-ops``) through ``ipu.custom_ops.precompiled_user_op``.
 
@@ -26,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["CODELETS", "OP_LIBRARIES", "IpuBackend", "IpuUnavailableError", "ops_dir", "require_ipu"]
+__all__ = ["CODELETS", "OP_LIBRARIES", "IpuRuntime", "IpuUnavailableError", "ops_dir", "require_ipu"]
 
 # Built by ops/poplar/CMakeLists.txt; each exports Build, Build_grad and
 # their _metadata / _allocator companions.
@@ -75,8 +76,8 @@ def _import_tensorflow_ipu():
     return ipu
 
 
-def require_ipu() -> "IpuBackend":
-    """Return an IpuBackend, or raise IpuUnavailableError saying what is missing."""
+def require_ipu() -> "IpuRuntime":
+    """Return an IpuRuntime, or raise IpuUnavailableError saying what is missing."""
     problems = []
     ipu = _import_tensorflow_ipu()
     if ipu is None:
@@ -92,11 +93,15 @@ def require_ipu() -> "IpuBackend":
             + _CPU_HINT
             + "."
         )
-    return IpuBackend(ipu)
+    return IpuRuntime(ipu)
 
 
-class IpuBackend:
-    """Configures the IPU system and runs the snn Poplar ops (UNTESTED on hardware)."""
+class IpuRuntime:
+    """tensorflow-ipu with the built snn Poplar ops: device set-up and the user-op call (UNTESTED on hardware).
+
+    ``snn_runner.backend.ipu.IpuBackend`` builds on it: it plans each op and
+    declares its outputs.
+    """
 
     def __init__(self, ipu, lib_dir: str | os.PathLike | None = None):
         self.ipu = ipu
@@ -119,8 +124,9 @@ class IpuBackend:
     def strategy(self):
         return self.ipu.ipu_strategy.IPUStrategy()
 
-    def _user_op(self, op: str, inputs: list, types: list, shapes: list, attributes: str,
-                 inputs_with_gradients: Sequence[int], name: str):
+    def user_op(self, op: str, inputs: list, types: list, shapes: list, attributes: str,
+                inputs_with_gradients: Sequence[int], name: str) -> list:
+        """Call the Build entry point of the op library ``OP_LIBRARIES[op]``; returns its outputs."""
         # Forward and gradient share the plan: Build_grad lays its tensors out
         # on the same tiles as Build. Integer outputs receive zero gradients
         # from tf.GradientTape; Build_grad only reads the float ones.
@@ -136,51 +142,3 @@ class IpuBackend:
             attributes=attributes,
             gradient_attributes=attributes,
         )
-
-    def sparse_binary_matmul(self, weights, spikes, attributes: str):
-        """IPU counterpart of snn_runner.sparse.ops.sparse_binary_matmul (plan: planner.plan_layer('matmul', ...))."""
-        import tensorflow as tf
-
-        ids, count, values = spikes
-        batch, n_out = ids.shape[0], weights.shape[1]
-        (y,) = self._user_op(
-            "sparse_binary_matmul", [weights, ids, count, values], [tf.float32], [tf.TensorShape([batch, n_out])],
-            attributes, inputs_with_gradients=[0, 3], name="SnnSparseBinaryMatmul",
-        )
-        return y
-
-    def select_spikes(self, u, threshold, threshold2, capacity: int, attributes: str):
-        """IPU counterpart of snn_runner.sparse.ops.select_spikes (plan: planner.plan_layer('select', ...)).
-
-        Returns (ids, count, dropped, values); beta comes from the plan attributes.
-        """
-        import tensorflow as tf
-
-        batch = u.shape[0]
-        return self._user_op(
-            "select_spikes", [u, threshold, threshold2], [tf.int32, tf.int32, tf.int32, tf.float32],
-            [tf.TensorShape([batch, capacity]), tf.TensorShape([batch]), tf.TensorShape([batch]),
-             tf.TensorShape([batch, capacity])],
-            attributes, inputs_with_gradients=[0], name="SnnSelectSpikes",
-        )
-
-    def sparse_lif_layer(self, in_ids, in_count, weights, alpha, threshold, threshold2, capacities,
-                         attributes: str):
-        """IPU counterpart of snn_runner.sparse.fused.sparse_lif_layer (plan: planner.plan_network).
-
-        Returns (logits, ids, count, dropped, surrogate), the last four as per-layer lists.
-        """
-        import tensorflow as tf
-
-        n = len(weights)
-        batch, steps = in_ids.shape[0], in_ids.shape[1]
-        types = [tf.float32] + [tf.int32] * (3 * n) + [tf.float32] * n
-        shapes = [tf.TensorShape([batch, weights[-1].shape[1]])]
-        shapes += [tf.TensorShape([batch, steps, k]) for k in capacities]
-        shapes += [tf.TensorShape([batch, steps])] * (2 * n)
-        shapes += [tf.TensorShape([batch, steps, k]) for k in capacities]
-        out = self._user_op(
-            "sparse_lif_layer", [in_ids, in_count, *weights, *alpha, *threshold, *threshold2], types, shapes,
-            attributes, inputs_with_gradients=range(2, 2 + n), name="SnnSparseLifLayer",
-        )
-        return out[0], out[1 : 1 + n], out[1 + n : 1 + 2 * n], out[1 + 2 * n : 1 + 3 * n], out[1 + 3 * n :]

@@ -215,24 +215,6 @@ class NetworkPlan:
             ]
         return ";".join(parts)
 
-    def describe(self) -> str:
-        t = self.target
-        lines = [
-            f"{len(self.layers)} layers on {len(self.ipus_used)} of {t.num_ipus} IPU(s), "
-            f"{len(self.tile_bytes)} of {t.total_tiles} tiles, batch {self.batch_size}, "
-            f"T = {self.time_steps}, {'training' if self.training else 'inference'}",
-        ]
-        for layer in self.layers:
-            widths = layer.widths
-            used = [self.tile_bytes[x] for x in layer.tiles + layer.selection_tiles]
-            lines.append(
-                f"  layer {layer.index}: {layer.n_in} -> {layer.n_out} (K = {layer.capacity}) on IPU "
-                f"{layer.ipu}: {len(layer.tiles)} compute tiles ({min(widths)}-{max(widths)} "
-                f"neurons each), {len(layer.selection_tiles)} row tiles; peak "
-                f"{max(used) / 1024:.0f} KiB of {t.usable_bytes_per_tile / 1024:.0f} KiB"
-            )
-        return "\n".join(lines)
-
 
 def _float32_text(x: float) -> str:
     # plan.hpp stores floats as float and prints them with %.9g; rounding to

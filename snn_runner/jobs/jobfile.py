@@ -30,7 +30,15 @@ from typing import Any
 
 import yaml
 
-from snn_runner.config import ConfigError, RunConfig, reject_unknown, section_from_dict
+from snn_runner.config import (
+    BENCH_FILLED_KEYS,
+    BenchConfig,
+    ConfigError,
+    RunConfig,
+    reject_unknown,
+    section_from_dict,
+)
+from snn_runner.files import OutputLayout
 
 KINDS = ("train", "bench")
 TOP_KEYS = ("name", "kind", "output", "model", "data", "train", "bench", "resources", "sweep")
@@ -40,34 +48,8 @@ class JobFileError(ValueError):
     """A job file cannot be used; the message names the file, key and reason."""
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    network: str = "nmnist-base"
-    hidden: tuple = (0,)  # hidden sizes replacing the preset's; (0,) keeps the preset
-    steps: int = 5
-    warmup: int = 1
-
-    def resolve(self):
-        """The preset network with this config's hidden sizes applied."""
-        from snn_runner.bench.presets import PRESETS
-
-        net = PRESETS[self.network]
-        if self.hidden == (0,):
-            return net
-        return dataclasses.replace(net, sizes=(net.sizes[0], *self.hidden, net.sizes[-1]))
-
-    def validate(self) -> None:
-        from snn_runner.bench.presets import PRESETS
-
-        if self.network not in PRESETS:
-            raise ConfigError(f"bench.network: invalid value {self.network!r}; expected one of "
-                              + ", ".join(sorted(PRESETS)))
-        if self.hidden != (0,) and (not self.hidden or any(n < 1 for n in self.hidden)):
-            raise ConfigError(f"bench.hidden: invalid value {list(self.hidden)!r}; expected positive layer sizes")
-        if self.steps < 5:
-            raise ConfigError(f"bench.steps: invalid value {self.steps!r}; expected an integer >= 5")
-        if self.warmup < 0:
-            raise ConfigError(f"bench.warmup: invalid value {self.warmup!r}; expected an integer >= 0")
+class TaskChangedError(JobFileError):
+    """The job file no longer gives a submitted task the configuration it was submitted with."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +83,9 @@ class Resources:
 class Task:
     index: int
     task_id: str  # stable: hash of the resolved configuration
-    config: RunConfig
+    config: RunConfig  # for a bench task: with the preset's network, input and batch filled in
     bench: BenchConfig
     overrides: dict
-
-    def result_name(self, job_name: str) -> str:
-        return f"{job_name}-{self.index:03d}-{self.task_id}.h5"
 
 
 @dataclass(frozen=True)
@@ -122,6 +101,27 @@ class Job:
 
     def tasks(self) -> list[Task]:
         return expand_sweep(self)
+
+    def task(self, index: int, expected_id: str | None = None) -> Task:
+        """Task ``index``; with ``expected_id``, refuses when the job file now gives it another configuration."""
+        tasks = self.tasks()
+        if not 0 <= index < len(tasks):
+            raise TaskChangedError(f"{self.path}: has no task {index} any more (it has {len(tasks)}); it was edited "
+                                   f"after submission: resubmit with `snn-runner submit {self.path}`")
+        task = tasks[index]
+        if expected_id is not None and task.task_id != expected_id:
+            raise TaskChangedError(
+                f"{self.path}: task {index} was submitted with id {expected_id} but the job file now gives id "
+                f"{task.task_id} (edited after submission); restore the file or resubmit with "
+                f"`snn-runner submit {self.path}`")
+        return task
+
+    def layout(self, output_dir: str | Path | None = None) -> OutputLayout:
+        """Where this job's files go: ``output_dir`` when given, else the job's ``output``."""
+        return OutputLayout(Path(output_dir or self.output), self.name)
+
+    def result(self, task: Task, output_dir: str | Path | None = None) -> Path:
+        return self.layout(output_dir).result(task.index, task.task_id)
 
 
 def load_job(path: str | Path) -> Job:
@@ -146,9 +146,8 @@ def load_job(path: str | Path) -> Job:
         output = raw.get("output", f"results/{name}")
         if not isinstance(output, str):
             raise ConfigError(f"{where}: output: expected a folder path, got {output!r}")
-        bench = section_from_dict(BenchConfig, raw.get("bench") or {}, f"{where}: bench")
+        bench = section_from_dict(BenchConfig, raw.get("bench") or {}, f"{where}: bench").validate()
         resources = section_from_dict(Resources, raw.get("resources") or {}, f"{where}: resources")
-        bench.validate()
         resources.validate()
         base = {k: raw.get(k) or {} for k in ("model", "data", "train")}
         sweep = raw.get("sweep") or {}
@@ -190,13 +189,20 @@ def _apply(base: dict, bench: BenchConfig, overrides: dict, where: str) -> tuple
                               "or bench.KEY")
     if bench_changes:
         merged = {**dataclasses.asdict(bench), **bench_changes}
-        bench = section_from_dict(BenchConfig, merged, f"{where}: bench")
-        bench.validate()
+        bench = section_from_dict(BenchConfig, merged, f"{where}: bench").validate()
     return config, bench
 
 
+def _refuse_preset_keys(raw: dict, where: str) -> None:
+    for dotted in BENCH_FILLED_KEYS:
+        section, key = dotted.split(".")
+        if key in (raw.get(section) or {}):
+            raise ConfigError(f"{where}: {dotted} is set by the bench preset in a bench job; choose the network "
+                              "with bench.network and hidden sizes with bench.hidden instead")
+
+
 def task_id(config: RunConfig, bench: BenchConfig, kind: str) -> str:
-    payload = {"kind": kind, "config": config.to_dict()}
+    payload = {"kind": kind, "config": config.identity()}
     if kind == "bench":
         payload["bench"] = dataclasses.asdict(bench)
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -209,6 +215,9 @@ def expand_sweep(job: Job) -> list[Task]:
         where = f"{job.path}: task {index} ({overrides})" if overrides else str(job.path)
         raw, bench = _apply(job.base, job.bench, overrides, where)
         config = RunConfig.from_dict(raw, where)
+        if job.kind == "bench":
+            _refuse_preset_keys(raw, where)
+            config = bench.apply(config)
         tasks.append(Task(index, task_id(config, bench, job.kind), config, bench, overrides))
     seen = {}
     for t in tasks:

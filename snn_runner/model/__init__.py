@@ -1,11 +1,13 @@
 """The network and its three interchangeable implementations.
 
-``build_model(name, spec, params)`` returns a callable ``model(ids, count)``
-mapping a batch of sparse input spikes ``[B, T, K_in]`` to a ``ModelOutput``.
+``build_model(implementation, spec, params, backend)`` returns a callable
+``model(ids, count)`` mapping a batch of sparse input spikes ``[B, T, K_in]``
+to a ``ModelOutput``; the sparse implementations run the backend's ops.
 """
 
 from __future__ import annotations
 
+from snn_runner.config import IMPLEMENTATIONS
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
 
 __all__ = ["ModelOutput", "NetworkSpec", "Parameters", "build_model", "resolve_implementation"]
@@ -18,24 +20,26 @@ def _sparse_ops_available() -> bool:
 
 
 def resolve_implementation(name: str) -> str:
-    """Map 'auto' to the fastest implementation that can run here."""
+    """Map 'auto' to the fastest implementation that can run here; other names pass through."""
     if name != "auto":
         return name
     return "sparse_layer" if _sparse_ops_available() else "dense"
 
 
-def build_model(name: str, spec: NetworkSpec, params: Parameters):
-    name = resolve_implementation(name)
-    if name == "dense":
+def build_model(implementation: str, spec: NetworkSpec, params: Parameters, backend):
+    """The model ``implementation`` (resolved, not 'auto') running on ``backend`` (snn_runner.backend)."""
+    if implementation == "auto":
+        raise ValueError("build_model needs a resolved implementation; call resolve_implementation('auto') first")
+    if implementation == "dense":
         from snn_runner.model.dense import DenseModel
 
-        return DenseModel(spec, params)
-    if name == "sparse_ops":
+        return DenseModel(spec, params, backend)
+    if implementation == "sparse_ops":
         from snn_runner.model.sparse_ops import SparseOpsModel
 
-        return SparseOpsModel(spec, params)
-    if name == "sparse_layer":
+        return SparseOpsModel(spec, params, backend)
+    if implementation == "sparse_layer":
         from snn_runner.model.sparse_layer import SparseLayerModel
 
-        return SparseLayerModel(spec, params)
-    raise ValueError(f"unknown implementation {name!r}; expected dense, sparse_ops or sparse_layer")
+        return SparseLayerModel(spec, params, backend)
+    raise ValueError(f"unknown implementation {implementation!r}; expected {', '.join(IMPLEMENTATIONS)}")

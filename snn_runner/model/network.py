@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from snn_runner.config import ModelConfig
+from snn_runner.neuron.lif import LIFParameters
 
 
 @dataclass(frozen=True)
@@ -19,11 +20,7 @@ class NetworkSpec:
     sizes: tuple[int, ...]  # (n_in, n_1, ..., n_L)
     capacities: tuple[int, ...]  # K per layer n_1..n_L (sparse implementations)
     input_capacity: int  # K_in: input ids per time step
-    alpha: float
-    threshold: float
-    threshold2: float  # absolute second threshold (may be -inf)
-    input_scale: float
-    beta: float
+    lif: LIFParameters
     weight_scale: float
 
     @classmethod
@@ -32,17 +29,15 @@ class NetworkSpec:
         # The readout layer is small and every spike of it is a logit, so it
         # always gets full capacity; hidden layers get ceil(max_activity * n).
         caps = tuple(max(1, math.ceil(cfg.max_activity * n)) for n in cfg.hidden) + (n_out,)
-        return cls(
-            sizes=sizes,
-            capacities=caps,
-            input_capacity=int(input_capacity),
+        lif = LIFParameters(
             alpha=cfg.alpha,
             threshold=cfg.threshold,
             threshold2=cfg.threshold2_fraction * cfg.threshold,
             input_scale=cfg.input_scale,
             beta=cfg.beta,
-            weight_scale=cfg.weight_scale,
         )
+        return cls(sizes=sizes, capacities=caps, input_capacity=int(input_capacity), lif=lif,
+                   weight_scale=cfg.weight_scale)
 
     @property
     def layers(self) -> int:
@@ -54,21 +49,24 @@ class Parameters:
 
     The transposed layout lets the sparse kernels gather one contiguous row
     per presynaptic spike; the dense implementation multiplies by it directly.
+    ``alpha``, ``threshold`` and ``threshold2`` hold one float32 [n_l] vector
+    per layer, built from ``spec.lif``.
     """
 
     def __init__(self, spec: NetworkSpec, seed: int):
         rng = np.random.default_rng(seed)
+        lif = spec.lif
         self.weights = []
         for l, (n_pre, n_post) in enumerate(zip(spec.sizes[:-1], spec.sizes[1:])):
             bound = spec.weight_scale * math.sqrt(6.0 / n_pre)
             w = rng.uniform(-bound, bound, size=(n_pre, n_post)).astype(np.float32)
             self.weights.append(tf.Variable(w, name=f"w{l + 1}"))
-        self.alpha = [tf.constant(np.full(n, spec.alpha, np.float32)) for n in spec.sizes[1:]]
-        self.threshold = [tf.constant(np.full(n, spec.threshold, np.float32)) for n in spec.sizes[1:]]
+        self.alpha = [tf.constant(np.full(n, lif.alpha, np.float32)) for n in spec.sizes[1:]]
+        self.threshold = [tf.constant(np.full(n, lif.threshold, np.float32)) for n in spec.sizes[1:]]
         # The readout layer has full capacity anyway; letting every readout
         # neuron carry gradients (theta2 = -inf) keeps silent output neurons
         # trainable, as in the dense model.
-        theta2 = [spec.threshold2] * (spec.layers - 1) + [-np.inf]
+        theta2 = [lif.threshold2] * (spec.layers - 1) + [-np.inf]
         self.threshold2 = [tf.constant(np.full(n, t2, np.float32)) for n, t2 in zip(spec.sizes[1:], theta2)]
 
     @property

@@ -1,7 +1,8 @@
 """The `sparse_layer` implementation: the whole network as one fused op.
 
-Forward (all layers, all T steps) and BPTT run inside the compiled
-`SnnSparseLifLayer` kernel and its gradient kernel (ops/sparse_lif_layer.cc).
+Forward (all layers, all T steps) and BPTT run inside the backend's fused
+op (`SnnSparseLifLayer` and its gradient on the CPU, the sparse_lif_layer
+Poplar op on the IPU).
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from __future__ import annotations
 import tensorflow as tf
 
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
-from snn_runner.sparse.fused import sparse_lif_layer
 from snn_runner.sparse.spikes import frames_from_sparse
 
 
 class SparseLayerModel:
     name = "sparse_layer"
 
-    def __init__(self, spec: NetworkSpec, params: Parameters):
+    def __init__(self, spec: NetworkSpec, params: Parameters, backend):
         self.spec = spec
         self.params = params
+        self.backend = backend  # supplies sparse_lif_layer
 
     def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
         out = self._fused(ids, count)
@@ -33,7 +34,7 @@ class SparseLayerModel:
 
     def _fused(self, ids, count):
         spec, p = self.spec, self.params
-        return sparse_lif_layer(
+        return self.backend.sparse_lif_layer(
             ids, count, p.weights, p.alpha, p.threshold, p.threshold2, list(spec.capacities),
-            input_scale=spec.input_scale, beta=spec.beta,
+            input_scale=spec.lif.input_scale, beta=spec.lif.beta,
         )

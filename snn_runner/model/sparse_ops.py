@@ -3,7 +3,8 @@
 Each layer is one sparse binary matmul (input spikes -> currents), the shared
 reset-and-integrate recursion, and one two-threshold spike selection; every
 op has its own registered gradient, and TensorFlow's autodiff composes BPTT.
-Thanks to the one-step delay between layers, each op runs once per layer on
+The ops come from the backend (compiled TensorFlow ops on the CPU, Poplar
+ops on the IPU). Thanks to the one-step delay between layers, each op runs once per layer on
 all T steps at once (rows = T*B) instead of once per step.
 """
 
@@ -13,7 +14,6 @@ import tensorflow as tf
 
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
 from snn_runner.neuron.lif import membrane_sequence
-from snn_runner.sparse.ops import select_spikes, sparse_binary_matmul
 from snn_runner.sparse.spikes import SparseSpikes, frames_from_sparse
 
 
@@ -57,9 +57,10 @@ def readout(spikes: SparseSpikes, n_out: int) -> tf.Tensor:
 class SparseOpsModel:
     name = "sparse_ops"
 
-    def __init__(self, spec: NetworkSpec, params: Parameters):
+    def __init__(self, spec: NetworkSpec, params: Parameters, backend):
         self.spec = spec
         self.params = params
+        self.backend = backend  # supplies sparse_binary_matmul and select_spikes
 
     def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
         return self._forward(ids, count)[0]
@@ -70,19 +71,21 @@ class SparseOpsModel:
                 for s, n in zip(self._forward(ids, count)[1], self.spec.sizes[1:])]
 
     def _forward(self, ids, count):
-        spec, p = self.spec, self.params
+        spec, p, ops = self.spec, self.params, self.backend
+        lif = spec.lif
         steps = ids.shape[1]
-        batch = tf.shape(ids)[0]
+        # a static batch keeps every op's shapes static (the IPU ops are planned from them)
+        batch = ids.shape[0] if ids.shape[0] is not None else tf.shape(ids)[0]
         spikes = _time_major(SparseSpikes.from_ids(ids, count))
         totals, dropped, layers = [], [], []
         for l in range(spec.layers):
             if l > 0:
                 spikes = delay_one_step(spikes)
             n = spec.sizes[l + 1]
-            current = tf.reshape(sparse_binary_matmul(p.weights[l], _flatten(spikes)), [steps, batch, n])
-            u = membrane_sequence(current, p.alpha[l], p.threshold[l], spec.input_scale)
-            selected, lost = select_spikes(
-                tf.reshape(u, [-1, n]), p.threshold[l], p.threshold2[l], spec.capacities[l], spec.beta
+            current = tf.reshape(ops.sparse_binary_matmul(p.weights[l], _flatten(spikes)), [steps, batch, n])
+            u = membrane_sequence(current, p.alpha[l], p.threshold[l], lif.input_scale)
+            selected, lost = ops.select_spikes(
+                tf.reshape(u, [-1, n]), p.threshold[l], p.threshold2[l], spec.capacities[l], lif.beta
             )
             spikes = _unflatten(selected, steps, batch)
             layers.append(spikes)

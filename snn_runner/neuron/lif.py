@@ -1,16 +1,35 @@
 """Leaky integrate-and-fire dynamics with a SuperSpike surrogate gradient.
 
-One step, per neuron (ARCHITECTURE section 2):
+Per neuron and time step:
     reset:      u <- u - stop_gradient(u * H(u - theta))
     integrate:  u <- alpha * u + (1 - alpha) * c * I
     fire:       s  = H(u - theta),   ds/du = 1 / (beta * |u - theta| + 1)^2
 The network implementations differ only in how I is computed and how spikes
-are represented; they all share these equations.
+are represented; ``dense`` and ``sparse_ops`` both run ``membrane_sequence``
+(firing is ``make_spike_fn`` in dense and the spike-selection op in
+sparse_ops), and the fused op implements the same equations in C++.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class LIFParameters:
+    """The LIF constants of a network (per-neuron vectors are built from these).
+
+    ``threshold2`` is the absolute gradient-carrier threshold of the sparse
+    implementations (may be -inf: every neuron carries gradients).
+    """
+
+    alpha: float = 0.95  # membrane decay per step
+    threshold: float = 1.0  # theta
+    threshold2: float = 0.9  # theta2
+    input_scale: float = 10.0  # c
+    beta: float = 10.0  # surrogate sharpness
 
 
 def superspike_derivative(v: tf.Tensor, beta: float) -> tf.Tensor:
@@ -40,19 +59,13 @@ def reset(u: tf.Tensor, threshold) -> tf.Tensor:
     return u - tf.stop_gradient(u * heaviside(u - threshold))
 
 
-def lif_step(u, current, alpha, threshold, input_scale, spike_fn):
-    """Advance membranes u by one step given input current; returns (u, s)."""
-    u = alpha * reset(u, threshold) + (1.0 - alpha) * input_scale * current
-    return u, spike_fn(u - threshold)
-
-
 def membrane_sequence(current: tf.Tensor, alpha, threshold, input_scale) -> tf.Tensor:
     """Membranes after integration at every step, for time-major current [T, B, n].
 
-    Only reset-and-integrate is inherently sequential; firing (and its
-    surrogate) is applied by the caller to all steps at once. unstack/stack
-    rather than slicing keeps the backward pass from summing T mostly-zero
-    [T, B, n] gradients.
+    Starts from u = 0. Only reset-and-integrate is inherently sequential;
+    firing (and its surrogate) is applied by the caller to all steps at once.
+    unstack/stack rather than slicing keeps the backward pass from summing T
+    mostly-zero [T, B, n] gradients.
     """
     drive = tf.unstack((1.0 - alpha) * input_scale * current, axis=0)
     u = tf.zeros_like(drive[0])

@@ -17,11 +17,12 @@ import h5py
 import numpy as np
 
 from snn_runner.results.schema import problems
-from snn_runner.results.store import TMP_SUFFIX, atomic_h5, read_result
+from snn_runner.files import TMP_SUFFIX, atomic_write
+from snn_runner.results.store import read_result, result_file
 
 COLUMNS = (
     "file", "kind", "job_name", "task_index", "task_id", "implementation", "dataset", "network", "sizes",
-    "max_activity", "epochs", "final_test_accuracy", "final_test_loss", "final_train_loss", "spike_rate",
+    "time_steps", "batch_size", "max_activity", "epochs", "final_test_accuracy", "final_test_loss", "final_train_loss", "spike_rate",
     "dropped_spikes", "step_ms_median", "forward_ms_median", "compile_s", "peak_rss_mb", "host",
     "slurm_job_id", "slurm_array_task_id", "git_revision",
 )
@@ -39,7 +40,8 @@ def _row(path: Path, rec: dict[str, Any]) -> dict[str, Any]:
     row = {c: "" for c in COLUMNS}
     row.update(file=str(path), kind=a["kind"], job_name=a.get("job_name", ""), task_index=a.get("task_index", -1),
                task_id=a.get("task_id", ""), implementation=a.get("implementation", ""),
-               dataset=cfg["data"]["dataset"], max_activity=cfg["model"]["max_activity"], host=a.get("host", ""),
+               dataset=cfg["data"]["dataset"], time_steps=cfg["data"]["time_steps"],
+               batch_size=cfg["train"]["batch_size"], max_activity=cfg["model"]["max_activity"], host=a.get("host", ""),
                slurm_job_id=a.get("slurm_job_id", ""), slurm_array_task_id=a.get("slurm_array_task_id", ""),
                git_revision=a.get("git_revision", ""))
     if a["kind"] == "train":
@@ -53,7 +55,8 @@ def _row(path: Path, rec: dict[str, Any]) -> dict[str, Any]:
                    sizes=json.dumps([int(x) for x in a.get("sizes", [])]))
     else:
         b = rec["bench"]
-        row.update(implementation=b["implementation"], network=b["network"], sizes=json.dumps([int(x) for x in b["sizes"]]),
+        row.update(implementation=b["implementation"], network=b["network"],
+                   sizes=json.dumps([int(x) for x in b["sizes"]]),
                    max_activity=float(b["max_activity"]), step_ms_median=float(b["step_ms_median"]),
                    forward_ms_median=float(b["forward_ms_median"]), compile_s=float(b["compile_s"]),
                    peak_rss_mb=float(b["peak_rss_mb"]),
@@ -91,17 +94,14 @@ def collect(folder: str | os.PathLike) -> Collection:
 def write_table(coll: Collection, target: str | os.PathLike) -> Path:
     target = Path(target)
     if target.suffix == ".csv":
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_write(target) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(coll.rows)
-        tmp.replace(target)
         return target
     if target.suffix not in (".h5", ".hdf5"):
         raise ValueError(f"{target}: the table must end in .h5 or .csv")
-    with atomic_h5(target, {}, {"kind": "table", "rows": len(coll.rows)}) as f:
+    with result_file(target, {}, {"kind": "table", "rows": len(coll.rows)}) as f:
         table = f.create_group("table")
         for col in COLUMNS:
             values = [r[col] for r in coll.rows]

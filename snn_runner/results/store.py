@@ -1,8 +1,7 @@
 """HDF5 result files: one per run, complete or absent.
 
-The file is written under a temporary name in the destination folder and
-renamed to its final name only after everything was written and closed, so a
-crash, a kill or an exception never leaves a half file under the final name.
+The file goes through the atomic writer (snn_runner.files), so a crash, a
+kill or an exception never leaves a half file under the final name.
 
 The layout (schema version 1: root attributes, /metrics, /timing, /spikes for
 training runs, /bench for benchmark cases) is documented in the README; what a
@@ -25,8 +24,9 @@ import numpy as np
 
 import snn_runner
 
+from snn_runner.files import atomic_h5
+
 SCHEMA_VERSION = 1
-TMP_SUFFIX = ".tmp"
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
 LAYER_COLUMNS = ("spike_rate", "dropped_spikes")
@@ -61,33 +61,26 @@ def provenance() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: str | os.PathLike, config: dict[str, Any], attrs: dict[str, Any] | None = None):
+def result_file(path: str | os.PathLike, config: dict[str, Any], attrs: dict[str, Any] | None = None):
     """Yield an open HDF5 file that appears under ``path`` only if the block succeeds.
 
     Root attributes (provenance, the resolved config as JSON, extra attrs) are
-    written first; an exception deletes the temporary file.
+    written first, ``complete`` last.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in {**provenance(), **(attrs or {})}.items():
-                f.attrs[key] = value
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["config_json"] = json.dumps(config, sort_keys=True)
-            yield f
-            f.attrs["complete"] = True  # written last: a file without it was cut short
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_h5(path) as f:
+        for key, value in {**provenance(), **(attrs or {})}.items():
+            f.attrs[key] = value
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["config_json"] = json.dumps(config, sort_keys=True)
+        yield f
+        f.attrs["complete"] = True  # written last: a file without it was cut short
 
 
 def write_train_result(path, config: dict[str, Any], attrs: dict[str, Any], rows: list[dict[str, Any]],
                        step_seconds: list[float], compile_seconds: float, mode: str,
                        spikes: dict[str, np.ndarray] | None = None) -> None:
     """The record of a training run: per-epoch metrics, timings, recorded spikes."""
-    with atomic_h5(path, config, {**attrs, "kind": "train"}) as f:
+    with result_file(path, config, {**attrs, "kind": "train"}) as f:
         metrics = f.create_group("metrics")
         for key in METRIC_COLUMNS + LAYER_COLUMNS:
             dtype = np.int64 if key in ("epoch", "dropped_spikes") else np.float64
@@ -103,7 +96,7 @@ def write_train_result(path, config: dict[str, Any], attrs: dict[str, Any], rows
 
 def write_bench_result(path, config: dict[str, Any], attrs: dict[str, Any], record: dict[str, Any]) -> None:
     """The record of one benchmark case (see snn_runner.bench.measure.CaseResult)."""
-    with atomic_h5(path, config, {**attrs, "kind": "bench"}) as f:
+    with result_file(path, config, {**attrs, "kind": "bench"}) as f:
         group = f.create_group("bench")
         for key, value in record.items():
             if isinstance(value, list) and key.endswith("_all"):

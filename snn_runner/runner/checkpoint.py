@@ -4,20 +4,21 @@ A checkpoint holds everything that decides the rest of the run: weights,
 optimizer slots, the epoch and batch position, the data-order RNG state at
 the start of the current epoch, the partial sums of the current epoch and the
 metric rows of finished epochs. Resuming from it reproduces the uninterrupted
-run. Files are written to a temporary name and renamed, so a kill during a
-save leaves the previous checkpoint intact.
+run. Saves go through the atomic writer, so a kill during a save leaves the
+previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from snn_runner.files import atomic_h5
 
 INTERRUPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", the run can be resumed
 
@@ -34,15 +35,9 @@ class TrainState:
     resumes: int = 0
 
 
-def checkpoint_path(result_path: Path) -> Path:
-    return result_path.with_name(f".{result_path.name}.ckpt")
-
-
 def save(path: Path, state: TrainState, weights: list[np.ndarray], optimizer: list[np.ndarray],
          config_json: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f.attrs["config_json"] = config_json
         f.attrs["state_json"] = json.dumps({
             "epoch": state.epoch, "batch": state.batch, "rng_state": state.rng_state,
@@ -54,7 +49,6 @@ def save(path: Path, state: TrainState, weights: list[np.ndarray], optimizer: li
             f.create_dataset(f"weights/{i}", data=w)
         for i, v in enumerate(optimizer):
             f.create_dataset(f"optimizer/{i}", data=v)
-    os.replace(tmp, path)
 
 
 def load(path: Path, config_json: str) -> tuple[TrainState, list[np.ndarray], list[np.ndarray]] | None:
@@ -87,8 +81,6 @@ class CheckpointCorrupt(RuntimeError):
 
 class Interrupted(RuntimeError):
     """Training stopped on a signal after saving a checkpoint."""
-
-    exit_code = INTERRUPTED_EXIT_CODE
 
 
 class StopOnSignal:

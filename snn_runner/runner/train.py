@@ -1,40 +1,47 @@
-"""One training run: data -> model -> epochs -> one HDF5 result file.
+"""One training run: data -> model -> epochs -> the run's record.
 
 The run saves a checkpoint after every epoch (and between two steps when
 asked to stop by a signal); started again with the same configuration and
-result path it resumes from there and ends with the same record as an
-uninterrupted run.
+checkpoint path it resumes from there and ends with the same record as an
+uninterrupted run. Writing the record is the caller's job (snn_runner.dispatch),
+so the runner never reaches into the results layer.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from snn_runner.config import ConfigError, RunConfig
+from snn_runner.config import RunConfig
 from snn_runner.data import load_dataset
 from snn_runner.data.events import EventSet
-from snn_runner.model import NetworkSpec, Parameters, build_model, resolve_implementation
-from snn_runner.results.store import write_train_result
 from snn_runner.runner import checkpoint
 from snn_runner.runner.checkpoint import Interrupted, StopOnSignal, TrainState
+from snn_runner.runner.progress import EpochProgress
 
-GRAPH_MODE = "tf.function graph (no XLA)"
 RECORDED_SAMPLES = 4  # test samples whose spikes are stored in the result file
+OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}  # train.optimizer -> keras.optimizers class
 
 
 @dataclass
-class RunSummary:
-    path: Path
-    implementation: str
-    test_accuracy: float
-    test_loss: float
-    epochs: int
+class TrainRecord:
+    """Everything the result file of a finished run holds, as plain values."""
+
+    rows: list[dict]  # per-epoch metrics
+    step_seconds: list[float]
+    compile_seconds: float
+    mode: str  # how the steps were compiled
+    spikes: dict[str, np.ndarray]  # recorded test samples in the sparse format
+    attrs: dict = field(default_factory=dict)  # implementation, sizes, capacities, data report, resumes
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.rows[-1]["test_accuracy"]
 
 
 class _Tally:
@@ -87,47 +94,42 @@ def _record_spikes(steps, data: EventSet) -> dict[str, np.ndarray]:
     return record
 
 
-def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print,
-          attrs: dict | None = None, stop: StopOnSignal | None = None) -> RunSummary:
-    """Train per ``cfg`` and write the result file ``output``; returns a summary.
+def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = print,
+          stop: StopOnSignal | None = None) -> TrainRecord:
+    """Train per ``cfg``, checkpointing to ``ckpt_path``; returns the run's record.
 
-    Raises ``Interrupted`` (after saving a checkpoint) when ``stop`` reports a
+    ``cfg.model.implementation`` must be resolved (not ``auto``). Raises
+    ``Interrupted`` (after saving a checkpoint) when ``stop`` reports a
     signal; calling again with the same arguments resumes.
     """
     import keras  # imported late: TensorFlow start-up is slow and not needed for --help
 
-    from snn_runner.runner.steps import Steps, rate_penalty
-
-    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    from snn_runner.backend import get_backend
+    from snn_runner.model import NetworkSpec, Parameters, build_model
+    from snn_runner.model.steps import Steps, rate_penalty
 
     cfg.validate()
-    if cfg.train.backend == "ipu":
-        from snn_runner.ipu.backend import require_ipu
-
-        require_ipu()  # fails here, before any data or model work, when the IPU stack is absent
-    output = Path(output)
-    ckpt_path = checkpoint.checkpoint_path(output)
-    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
-    implementation = resolve_implementation(cfg.model.implementation)
+    # The backend comes first: a missing IPU stack fails here, before any data or model work.
+    backend = get_backend(cfg.train.backend)
+    ckpt_path = Path(ckpt_path)
+    identity_json = json.dumps(cfg.identity(), sort_keys=True)
+    implementation = cfg.model.implementation
     train_set, test_set = load_dataset(cfg.data, log)
     spec = NetworkSpec.from_config(cfg.model, train_set.channels, train_set.classes, train_set.capacity)
-    params = Parameters(spec, cfg.train.seed)
-    model = build_model(implementation, spec, params)
-    optimizer = optimizers[cfg.train.optimizer](cfg.train.learning_rate)
-    optimizer.build(params.trainable)
+    with backend.scope():
+        params = Parameters(spec, cfg.train.seed)
+        model = build_model(implementation, spec, params, backend)
+        optimizer = getattr(keras.optimizers, OPTIMIZERS[cfg.train.optimizer])(cfg.train.learning_rate)
+        optimizer.build(params.trainable)
     penalty = None
     if cfg.train.rate_strength > 0:
-        if implementation == "sparse_layer":
-            raise ConfigError("train.rate_strength: activity regularisation is not available with sparse_layer "
-                              "(its fused gradient covers the loss on the logits only); use dense or sparse_ops, "
-                              "or set rate_strength to 0")
         penalty = rate_penalty(cfg.train.rate_low, cfg.train.rate_high, cfg.train.rate_strength,
                                train_set.time_steps, spec.sizes[1:])
-    steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity, penalty)
+    steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity, penalty, backend)
     neurons = np.asarray(spec.sizes[1:], np.float64)
 
     state = TrainState(rng_state=np.random.default_rng(cfg.train.seed).bit_generator.state)
-    loaded = checkpoint.load(ckpt_path, config_json)
+    loaded = checkpoint.load(ckpt_path, identity_json)
     if loaded is not None:
         state, weights, slots = loaded
         for var, value in zip(params.trainable, weights):
@@ -139,11 +141,13 @@ def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print
 
     def save_state() -> None:
         checkpoint.save(ckpt_path, state, [w.numpy() for w in params.trainable],
-                        [v.numpy() for v in optimizer.variables], config_json)
+                        [v.numpy() for v in optimizer.variables], identity_json)
 
-    log(f"train: {implementation} network {list(spec.sizes)} capacities {list(spec.capacities)} on "
-        f"{cfg.data.dataset} ({len(train_set)} train / {len(test_set)} test samples, T={train_set.time_steps}), "
-        f"{cfg.train.epochs} epochs of batch {cfg.train.batch_size}")
+    batch_size = cfg.train.batch_size
+    steps_per_epoch = -(-len(train_set) // batch_size)
+    log(f"train: {implementation} on {backend.name}, network {list(spec.sizes)} capacities "
+        f"{list(spec.capacities)} on {cfg.data.dataset} ({len(train_set)} train / {len(test_set)} test samples, "
+        f"T={train_set.time_steps}), {cfg.train.epochs} epochs of {steps_per_epoch} steps of batch {batch_size}")
     traced = False
     for epoch in range(state.epoch, cfg.train.epochs + 1):
         rng = np.random.default_rng()
@@ -151,7 +155,7 @@ def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print
         order = rng.permutation(len(train_set))
         start = time.perf_counter()
         tally = _Tally(spec.layers, state.tally)
-        batch_size = cfg.train.batch_size
+        progress = EpochProgress(cfg.train.progress_s, epoch, cfg.train.epochs, steps_per_epoch, state.batch, log)
         for i, (ids, count, labels) in enumerate(train_set.batches(batch_size, order[state.batch * batch_size:]),
                                                  start=state.batch):
             t0 = time.perf_counter()
@@ -163,6 +167,7 @@ def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print
             else:
                 state.step_seconds.append(elapsed)
             state.batch = i + 1
+            progress.step(i + 1, len(labels), tally.loss / tally.samples)
             if stop is not None and stop.requested:
                 state.tally = tally.to_dict()
                 save_state()
@@ -195,13 +200,9 @@ def train(cfg: RunConfig, output: str | Path, log: Callable[[str], None] = print
             raise Interrupted(f"stopped by signal {stop.received} after epoch {epoch}; checkpoint saved to "
                               f"{ckpt_path}; run the same command again to resume")
 
-    spikes = _record_spikes(steps, test_set)
     data_report = {"train": getattr(train_set, "report", {}), "test": getattr(test_set, "report", {})}
-    run_attrs = {"data_report_json": json.dumps(data_report, sort_keys=True, default=str),
-                 "implementation": implementation, "resumes": state.resumes, "sizes": np.asarray(spec.sizes),
-                 "capacities": np.asarray(spec.capacities), **(attrs or {})}
-    write_train_result(output, cfg.to_dict(), run_attrs, state.rows, state.step_seconds, state.compile_seconds,
-                       GRAPH_MODE, spikes)
-    ckpt_path.unlink(missing_ok=True)
-    last = state.rows[-1]
-    return RunSummary(output, implementation, last["test_accuracy"], last["test_loss"], cfg.train.epochs)
+    attrs = {"data_report_json": json.dumps(data_report, sort_keys=True, default=str),
+             "implementation": implementation, "backend": backend.name, "resumes": state.resumes,
+             "sizes": np.asarray(spec.sizes), "capacities": np.asarray(spec.capacities)}
+    return TrainRecord(state.rows, state.step_seconds, state.compile_seconds, steps.mode,
+                       _record_spikes(steps, test_set), attrs)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 from snn_runner.jobs import Job, Task
 from snn_runner.results.schema import is_complete
-from snn_runner.runner.tasks import result_path
+from snn_runner.slurm.submission import (
+    Submission,
+    append_submissions,
+    latest_by_task,
+    read_submissions,
+)
 
-SUBMISSIONS = ".snn-submissions.jsonl"  # one line per submitted task, in the output folder
-LOG_FOLDER = "slurm-logs"
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
                  "REQUEUE_HOLD", "REQUEUE_FED")
 
@@ -73,19 +74,6 @@ def chunks(tasks: list[Task], size: int) -> list[list[Task]]:
     return [tasks[i:i + size] for i in range(0, len(tasks), size)]
 
 
-def read_submissions(output_dir: Path) -> list[dict]:
-    path = output_dir / SUBMISSIONS
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash; the rest is still good
-    return rows
-
-
 def job_states(job_ids: list[str]) -> dict[str, str]:
     """Slurm state per job id (array tasks as JOB_INDEX), from sacct, else squeue."""
     if not job_ids:
@@ -111,19 +99,20 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def submit(job: Job, tasks: list[Task], output_dir: Path | None = None, image: str | None = None,
-           dry_run: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+           dry_run: bool = False, log: Callable[[str], None] = print) -> list[Submission]:
     """Submit the tasks that are neither done nor already queued; returns one record per task sent."""
     import submitit
     from submitit.slurm.slurm import _make_sbatch_string
 
     from snn_runner.slurm.task import TaskRunner
 
-    out = Path(output_dir or job.output).resolve()
-    done = [t for t in tasks if is_complete(result_path(job, t, out))]
-    previous = {r["task_id"]: r for r in read_submissions(out)}
-    states = job_states([r["job_id"] for r in previous.values()]) if previous and not dry_run else {}
+    layout = job.layout(Path(output_dir or job.output).resolve())
+    out = layout.root
+    done = [t for t in tasks if is_complete(layout.result(t.index, t.task_id))]
+    previous = latest_by_task(read_submissions(layout.submissions))
+    states = job_states([r.job_id for r in previous.values()]) if previous and not dry_run else {}
     queued = [t for t in tasks if t not in done and t.task_id in previous
-              and states.get(previous[t.task_id]["job_id"]) in ACTIVE_STATES]
+              and states.get(previous[t.task_id].job_id) in ACTIVE_STATES]
     todo = [t for t in tasks if t not in done and t not in queued]
     log(f"submit {job.name}: {len(tasks)} task(s): {len(done)} done, {len(queued)} already queued, "
         f"{len(todo)} to submit -> {out}")
@@ -131,7 +120,7 @@ def submit(job: Job, tasks: list[Task], output_dir: Path | None = None, image: s
         return []
     params = sbatch_parameters(job)
     python = python_command(job, image)
-    folder = out / LOG_FOLDER / "%j"
+    folder = layout.logs
     limit = max(1, max_array_size())  # indices 0..limit-1 stay below MaxArraySize
     groups = chunks(todo, limit)
     if dry_run:
@@ -151,16 +140,15 @@ def submit(job: Job, tasks: list[Task], output_dir: Path | None = None, image: s
     for group in groups:
         runner = TaskRunner()
         try:
+            # each task carries its configuration id, so an edited job file is caught when it runs
             slurm_jobs = executor.map_array(runner, [job_file] * len(group), [t.index for t in group],
-                                            [str(out)] * len(group))
+                                            [t.task_id for t in group], [str(out)] * len(group))
         except Exception as err:  # sbatch rejected it: name the reason, keep what was sent before
             raise SubmitError(f"sbatch refused the array for tasks {[t.index for t in group]}: {err}") from None
-        with open(out / SUBMISSIONS, "a") as fh:
-            for t, sj in zip(group, slurm_jobs):
-                rec = {"job_file": job_file, "task_index": t.index, "task_id": t.task_id, "job_id": sj.job_id,
-                       "log_folder": str(folder), "submitted_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-                fh.write(json.dumps(rec) + "\n")
-                records.append(rec)
+        sent = [Submission.now(job_file, t.index, t.task_id, sj.job_id, str(folder))
+                for t, sj in zip(group, slurm_jobs)]
+        append_submissions(layout.submissions, sent)
+        records += sent
         kind = "array" if len(group) > 1 else "job"  # submitit sends a single task as a plain job
         log(f"submitted {kind} {slurm_jobs[0].job_id.split('_')[0]} with {len(group)} task(s): "
             f"{[t.index for t in group]}")

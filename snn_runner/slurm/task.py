@@ -24,19 +24,18 @@ def _log(line: str) -> None:
 
 
 class TaskRunner(submitit.helpers.Checkpointable):
-    """Run task ``index`` of the job file ``job_path``, writing into ``output_dir``."""
+    """Run task ``index`` (configuration id ``task_id``) of the job file ``job_path`` into ``output_dir``."""
 
-    def __call__(self, job_path: str, index: int, output_dir: str) -> str:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    def __call__(self, job_path: str, index: int, task_id: str, output_dir: str) -> str:
+        from snn_runner.dispatch import run_bench_tasks, run_train_task
         from snn_runner.jobs import load_job
-        from snn_runner.runner.tasks import result_path, run_bench_tasks, run_train_task
 
         job = load_job(job_path)
-        task = job.tasks()[index]
+        task = job.task(index, expected_id=task_id)  # refuses a job file edited since submission
         out = Path(output_dir)
         if job.kind == "bench":
             run_bench_tasks(job, [task], out, log=_log)
-            return str(result_path(job, task, out))
+            return str(job.result(task, out))
         with StopOnSignal() as stop:
             try:
                 run_train_task(job, task, out, log=_log, stop=stop)
@@ -48,7 +47,7 @@ class TaskRunner(submitit.helpers.Checkpointable):
                 # SIGTERM: leave no result behind so a Slurm requeue starts the task afresh (and resumes)
                 sys.stdout.flush()
                 os._exit(INTERRUPTED_EXIT_CODE)
-        return str(result_path(job, task, out))
+        return str(job.result(task, out))
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         # The run's own checkpoint file holds the state; requeue the same call.

@@ -16,7 +16,55 @@ import tensorflow as tf
 
 from snn_runner.sparse import library
 
-__all__ = ["FusedOutput", "sparse_lif_layer"]
+__all__ = ["FusedLayout", "FusedOutput", "check_inputs", "sparse_lif_layer"]
+
+
+class FusedLayout(NamedTuple):
+    """The flat input and output lists of the fused op, for a network of ``layers`` layers.
+
+    Inputs: in_ids, in_count, then per layer (``layers`` of each) weights,
+    alpha, threshold, threshold2. Outputs: logits, then per layer ids, count,
+    dropped, surrogate. The CPU op (ops/) and the IPU op (ops/poplar) share
+    it; this is the one place the Python side spells it out.
+    """
+
+    layers: int
+
+    def inputs(self, in_ids, in_count, weights, alpha, threshold, threshold2) -> list:
+        return [in_ids, in_count, *weights, *alpha, *threshold, *threshold2]
+
+    @property
+    def weight_inputs(self) -> range:
+        """Positions of the weights among the inputs (the only differentiable ones)."""
+        return range(2, 2 + self.layers)
+
+    def split_inputs(self, inputs) -> dict:
+        n = self.layers
+        return {"in_ids": inputs[0], "in_count": inputs[1], "weights": list(inputs[2 : 2 + n]),
+                "alpha": list(inputs[2 + n : 2 + 2 * n]), "threshold": list(inputs[2 + 2 * n : 2 + 3 * n]),
+                "threshold2": list(inputs[2 + 3 * n : 2 + 4 * n])}
+
+    def input_gradients(self, grad_weights) -> list:
+        """Gradients of every input, given those of the weights (None elsewhere)."""
+        return [None, None] + list(grad_weights) + [None] * (3 * self.layers)
+
+    def output_types(self) -> list[tf.DType]:
+        n = self.layers
+        return [tf.float32] + [tf.int32] * (3 * n) + [tf.float32] * n
+
+    def output_shapes(self, batch, steps, n_out: int, capacities) -> list[tf.TensorShape]:
+        """Static shapes of the outputs: logits [B, n_L], ids [B, T, K_l], count/dropped [B, T], surrogate [B, T, K_l]."""
+        shapes = [tf.TensorShape([batch, n_out])]
+        shapes += [tf.TensorShape([batch, steps, k]) for k in capacities]
+        shapes += [tf.TensorShape([batch, steps])] * (2 * self.layers)
+        shapes += [tf.TensorShape([batch, steps, k]) for k in capacities]
+        return shapes
+
+    def split_outputs(self, outputs) -> tuple:
+        """(logits, ids, count, dropped, surrogate), the last four as per-layer lists."""
+        n = self.layers
+        return (outputs[0], list(outputs[1 : 1 + n]), list(outputs[1 + n : 1 + 2 * n]),
+                list(outputs[1 + 2 * n : 1 + 3 * n]), list(outputs[1 + 3 * n : 1 + 4 * n]))
 
 
 class FusedOutput(NamedTuple):
@@ -71,36 +119,12 @@ def _dim(tensor: tf.Tensor, axis: int):
     return tf.compat.dimension_value(tensor.shape[axis])
 
 
-# The wrapper only does static Python checks; AutoGraph has nothing to convert.
 @tf.autograph.experimental.do_not_convert
-def sparse_lif_layer(
-    in_ids,
-    in_count,
-    weights: Sequence,
-    alpha: Sequence,
-    threshold: Sequence,
-    threshold2: Sequence,
-    capacities: Sequence[int],
-    input_scale: float = 10.0,
-    beta: float = 10.0,
-) -> FusedOutput:
-    """Runs all LIF layers over all time steps.
+def check_inputs(in_ids, in_count, weights, alpha, threshold, threshold2, capacities) -> tuple[dict, list[int]]:
+    """Validate the fused op's arguments (see ``sparse_lif_layer``) from their static shapes and dtypes.
 
-    Args:
-      in_ids: int32 [B, T, K0] input spike ids per step; only the first
-        ``in_count[b, t]`` entries are read.
-      in_count: int32 [B, T] number of valid input ids per step.
-      weights: per layer float32 ``Wt_l`` of shape [n_{l-1}, n_l] (transposed:
-        row j holds the outgoing weights of presynaptic neuron j).
-      alpha, threshold, threshold2: per layer float32 [n_l] decay, firing
-        threshold and gradient-carrier threshold (may be -inf).
-      capacities: per layer slot count K_l, 1 <= K_l <= n_l.
-      input_scale: factor c of the input current.
-      beta: sharpness of the surrogate derivative.
-
-    Returns:
-      FusedOutput(logits, ids, count, dropped). Gradients flow to ``weights``
-      only.
+    Returns the inputs as tensors, keyed like ``FusedLayout.split_inputs``,
+    and the capacities as ints. Both the CPU op and the IPU op use it.
     """
     if isinstance(weights, (tf.Tensor, tf.Variable)) or not isinstance(weights, Sequence):
         raise TypeError("weights must be a list of [n_in, n_out] matrices, one per layer")
@@ -148,46 +172,67 @@ def sparse_lif_layer(
                 f"capacities[{i}] = {caps[i]} exceeds the size of layer {i} ({n_out} neurons)"
             )
 
-    ops = library.load()
-    logits, ids, count, dropped, _surrogate = ops.snn_sparse_lif_layer(
-        in_ids=in_ids,
-        in_count=in_count,
-        weights=weights,
-        alpha=vectors["alpha"],
-        threshold=vectors["threshold"],
-        threshold2=vectors["threshold2"],
-        capacities=caps,
-        input_scale=float(input_scale),
-        beta=float(beta),
+    return {"in_ids": in_ids, "in_count": in_count, "weights": weights, **vectors}, caps
+
+
+# The wrapper only does static Python checks; AutoGraph has nothing to convert.
+@tf.autograph.experimental.do_not_convert
+def sparse_lif_layer(
+    in_ids,
+    in_count,
+    weights: Sequence,
+    alpha: Sequence,
+    threshold: Sequence,
+    threshold2: Sequence,
+    capacities: Sequence[int],
+    input_scale: float = 10.0,
+    beta: float = 10.0,
+) -> FusedOutput:
+    """Runs all LIF layers over all time steps.
+
+    Args:
+      in_ids: int32 [B, T, K0] input spike ids per step; only the first
+        ``in_count[b, t]`` entries are read.
+      in_count: int32 [B, T] number of valid input ids per step.
+      weights: per layer float32 ``Wt_l`` of shape [n_{l-1}, n_l] (transposed:
+        row j holds the outgoing weights of presynaptic neuron j).
+      alpha, threshold, threshold2: per layer float32 [n_l] decay, firing
+        threshold and gradient-carrier threshold (may be -inf).
+      capacities: per layer slot count K_l, 1 <= K_l <= n_l.
+      input_scale: factor c of the input current.
+      beta: sharpness of the surrogate derivative.
+
+    Returns:
+      FusedOutput(logits, ids, count, dropped). Gradients flow to ``weights``
+      only.
+    """
+    inputs, caps = check_inputs(in_ids, in_count, weights, alpha, threshold, threshold2, capacities)
+    logits, ids, count, dropped, _surrogate = library.load().snn_sparse_lif_layer(
+        **inputs, capacities=caps, input_scale=float(input_scale), beta=float(beta)
     )
     return FusedOutput(logits, list(ids), list(count), list(dropped))
 
 
 def _fused_grad(op, *grads):
-    n = op.get_attr("N")
+    layout = FusedLayout(op.get_attr("N"))
+    inputs = layout.split_inputs(op.inputs)
+    logits, ids, count, _dropped, surrogate = layout.split_outputs(op.outputs)
     grad_logits = grads[0]
-    logits = op.outputs[0]
     if grad_logits is None:
         grad_logits = tf.zeros_like(logits)
-    weights = op.inputs[2 : 2 + n]
-    alpha = op.inputs[2 + n : 2 + 2 * n]
-    ids = op.outputs[1 : 1 + n]
-    count = op.outputs[1 + n : 1 + 2 * n]
-    surrogate = op.outputs[1 + 3 * n : 1 + 4 * n]
     grad_weights = library.load().snn_sparse_lif_layer_grad(
         grad_logits=tf.convert_to_tensor(grad_logits, dtype=tf.float32),
-        in_ids=op.inputs[0],
-        in_count=op.inputs[1],
-        weights=weights,
-        alpha=alpha,
+        in_ids=inputs["in_ids"],
+        in_count=inputs["in_count"],
+        weights=inputs["weights"],
+        alpha=inputs["alpha"],
         ids=ids,
         count=count,
         surrogate=surrogate,
         capacities=op.get_attr("capacities"),
         input_scale=op.get_attr("input_scale"),
     )
-    # Inputs: in_ids, in_count, weights*N, alpha*N, threshold*N, threshold2*N.
-    return [None, None] + list(grad_weights) + [None] * (3 * n)
+    return layout.input_gradients(grad_weights)
 
 
 try:

@@ -1,6 +1,6 @@
 // Poplar helpers shared by the snn graph builders: tensors laid out by the
-// tile plan, exchange copies, vertex creation, and the entry points every
-// op library exports for tensorflow-ipu.
+// tile plan, exchange copies, vertex creation, and the functions each op
+// library defines for the entry points of builders/entry_points.cpp.
 //
 // UNTESTED: written against the Poplar SDK 2.x/3.x API without an SDK at
 // hand. The dataflow is the one the host harness runs (and the host tests
@@ -23,12 +23,6 @@
 #include <vector>
 
 #include "../common/plan.hpp"
-
-// tensorflow-ipu refuses a library whose level differs from its own; 5 is
-// the level of the TF 2.6 releases of tensorflow-ipu (SDK 2.x and 3.x): it
-// is the one whose metadata function also takes
-// replica_identical_output_indices, as declared below.
-#define SNN_CUSTOM_OP_API_LEVEL 5
 
 namespace snn {
 namespace ipu {
@@ -186,22 +180,28 @@ inline void sumOverSlices(Graph& graph, const Tensor& partials, const Tensor& ou
                            {name});
 }
 
+// What every Build and Build_grad works with: the plan (checked against the
+// graph), the op's debug name and the program its steps are added to.
+struct OpBuild {
+  Plan plan;
+  std::string name;
+  Sequence seq;
+};
+
+// Each op library defines these in builders/<op>.cpp; builders/entry_points.cpp
+// exports them under the names and signatures tensorflow-ipu looks up.
+namespace op {
+// The TensorFlow op; Build_grad's debug name adds "Grad".
+extern const char* const kName;
+// Forward inputs the op lays out itself (through allocate).
+std::vector<std::int64_t> allocatingInputs(std::uint32_t numInputs);
+Tensor allocate(Graph& graph, const Plan& p, std::int64_t operand, const std::vector<std::size_t>& shape,
+                poplar::Type type, const std::string& name);
+void build(Graph& graph, OpBuild& job, const std::vector<Tensor>& inputs, std::vector<Tensor>& outputs);
+void buildGrad(Graph& graph, OpBuild& job, const std::vector<Tensor>& gradients,
+               const std::vector<Tensor>& fwdInputs, const std::vector<Tensor>& fwdOutputs,
+               std::vector<Tensor>& outputs);
+}  // namespace op
+
 }  // namespace ipu
 }  // namespace snn
-
-// The metadata entry point with the level-5 signature. Every snn op is a pure
-// function of its inputs (stateless, hashable), not elementwise, and lays out
-// the inputs listed in allocating_indices itself (Build_allocator).
-#define SNN_DEFINE_METADATA(NAME, ALLOCATING)                                                  \
-  extern "C" void NAME(std::vector<std::int64_t>& allocating_indices,                          \
-                       std::vector<std::int64_t>& replica_identical_output_indices,            \
-                       std::map<std::int64_t, std::int64_t>& input_to_output_tensor_aliasing,  \
-                       bool& is_elementwise, bool& is_stateless, bool& is_hashable,            \
-                       std::uint32_t num_inputs) {                                             \
-    allocating_indices = ALLOCATING(num_inputs);                                               \
-    replica_identical_output_indices.clear();                                                  \
-    input_to_output_tensor_aliasing.clear();                                                   \
-    is_elementwise = false;                                                                    \
-    is_stateless = true;                                                                       \
-    is_hashable = true;                                                                        \
-  }

@@ -27,52 +27,43 @@ struct Inputs {
   std::size_t batch, n;
 };
 
-Inputs readInputs(const std::vector<Tensor>& in) {
+// The inputs, checked against each other and against the plan.
+Inputs readInputs(const OpBuild& job, const std::vector<Tensor>& in) {
   if (in.size() != 3) fail("SnnSelectSpikes takes u, threshold, threshold2");
   if (in[0].rank() != 2) fail("u must be a matrix [B, n]");
   Inputs x{in[0], in[1], in[2], in[0].dim(0), in[0].dim(1)};
   expect(x.u, poplar::FLOAT, {x.batch, x.n}, "u");
   expect(x.theta, poplar::FLOAT, {x.n}, "threshold");
   expect(x.theta2, poplar::FLOAT, {x.n}, "threshold2");
+  checkPlanLayer(job.plan, 0, -1, x.n, x.batch, -1);
   return x;
 }
 
-std::vector<std::int64_t> allInputs(std::uint32_t) { return {0, 1, 2}; }
-std::vector<std::int64_t> nothing(std::uint32_t) { return {}; }
-
 }  // namespace
 
-extern "C" {
+const char* const op::kName = "SnnSelectSpikes";
 
-int32_t custom_op_api_level = SNN_CUSTOM_OP_API_LEVEL;
-
-SNN_DEFINE_METADATA(Build_metadata, allInputs)
-SNN_DEFINE_METADATA(Build_grad_metadata, nothing)
+std::vector<std::int64_t> op::allocatingInputs(std::uint32_t) { return {0, 1, 2}; }
 
 // u [B, n] and the thresholds [n]: one variable per neuron slice, on its tile.
-poplar::Tensor Build_allocator(poplar::Graph& graph, std::int64_t operand,
-                               const std::vector<std::size_t>& shape, poplar::Type type,
-                               const std::string& attributes, const std::string& debug_prefix) {
-  const Plan p = parsePlan(graph, attributes);
+Tensor op::allocate(Graph& graph, const Plan& p, std::int64_t operand,
+                    const std::vector<std::size_t>& shape, poplar::Type type, const std::string& name) {
   if (operand == 0 && shape.size() == 2) {
-    return addSliced(graph, type, {shape[0]}, p.layers[0], debug_prefix + "/u").whole;
+    return addSliced(graph, type, {shape[0]}, p.layers[0], name + "/u").whole;
   }
   if ((operand == 1 || operand == 2) && shape.size() == 1) {
-    return addSliced(graph, type, {}, p.layers[0], debug_prefix + "/threshold").whole;
+    return addSliced(graph, type, {}, p.layers[0], name + "/threshold").whole;
   }
   fail("unexpected operand " + std::to_string(operand) + " for the allocator");
 }
 
-poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::Tensor>& inputs,
-                               std::vector<poplar::Tensor>& outputs, const std::string& attributes,
-                               const std::string& debug_prefix) {
-  const Inputs x = readInputs(inputs);
-  const Plan p = parsePlan(graph, attributes);
-  checkPlanLayer(p, 0, -1, x.n, x.batch, -1);
-  const LayerPlan& L = p.layers[0];
+void op::build(Graph& graph, OpBuild& job, const std::vector<Tensor>& inputs,
+               std::vector<Tensor>& outputs) {
+  const Inputs x = readInputs(job, inputs);
+  const LayerPlan& L = job.plan.layers[0];
   const std::size_t K = L.capacity, local = L.localCapacity(), slices = L.numSlices();
-  const std::string name = debug_prefix + "/SnnSelectSpikes";
-  prog::Sequence seq;
+  const std::string& name = job.name;
+  prog::Sequence& seq = job.seq;
 
   const auto u = slicesOf(graph, x.u, L, seq, name + "/u");
   const auto th = slicesOf(graph, x.theta, L, seq, name + "/threshold");
@@ -115,29 +106,22 @@ poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::T
   }
   seq.add(prog::Execute(merge));
   outputs = {ids, count, dropped, values};
-  return seq;
 }
 
-poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
-                                    const std::vector<poplar::Tensor>& gradients,
-                                    const std::vector<poplar::Tensor>& fwd_inputs,
-                                    const std::vector<poplar::Tensor>& fwd_outputs,
-                                    std::vector<poplar::Tensor>& outputs, const std::string& attributes,
-                                    const std::string& debug_prefix) {
-  (void)input_grad_index;
-  const Inputs x = readInputs(fwd_inputs);
-  const Plan p = parsePlan(graph, attributes);
-  checkPlanLayer(p, 0, -1, x.n, x.batch, -1);
-  const LayerPlan& L = p.layers[0];
+void op::buildGrad(Graph& graph, OpBuild& job, const std::vector<Tensor>& gradients,
+                   const std::vector<Tensor>& fwdInputs, const std::vector<Tensor>& fwdOutputs,
+                   std::vector<Tensor>& outputs) {
+  const Inputs x = readInputs(job, fwdInputs);
+  const LayerPlan& L = job.plan.layers[0];
   const std::size_t K = L.capacity;
-  if (gradients.size() != 4 || fwd_outputs.size() != 4) fail("SnnSelectSpikes has four outputs");
+  if (gradients.size() != 4 || fwdOutputs.size() != 4) fail("SnnSelectSpikes has four outputs");
   // Only values is differentiable; the integer outputs' gradients are ignored.
-  const Tensor& ids = fwd_outputs[0];
+  const Tensor& ids = fwdOutputs[0];
   const Tensor& gradValues = gradients[3];
   expect(ids, poplar::INT, {x.batch, K}, "ids");
   expect(gradValues, poplar::FLOAT, {x.batch, K}, "grad_values");
-  const std::string name = debug_prefix + "/SnnSelectSpikesGrad";
-  prog::Sequence seq;
+  const std::string& name = job.name;
+  prog::Sequence& seq = job.seq;
 
   const auto u = slicesOf(graph, x.u, L, seq, name + "/u");
   const auto th = slicesOf(graph, x.theta, L, seq, name + "/threshold");
@@ -156,12 +140,9 @@ poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
                       20 + L.width(s) + 30 * K);
       graph.setInitialValue(v["offset"], L.begin(s));
       graph.setInitialValue(v["neurons"], static_cast<int>(x.n));
-      graph.setInitialValue(v["beta"], p.beta);
+      graph.setInitialValue(v["beta"], job.plan.beta);
     }
   }
   seq.add(prog::Execute(cs));
   outputs = {gu.whole};
-  return seq;
 }
-
-}  // extern "C"

@@ -25,7 +25,8 @@ struct Inputs {
   std::size_t nIn, nOut, batch, slots;
 };
 
-Inputs readInputs(const std::vector<Tensor>& in) {
+// The inputs, checked against each other and against the plan.
+Inputs readInputs(const OpBuild& job, const std::vector<Tensor>& in) {
   if (in.size() != 4) fail("SnnSparseBinaryMatmul takes weights, ids, count, values");
   Inputs x{in[0], in[1], in[2], in[3], 0, 0, 0, 0};
   if (x.weights.rank() != 2 || x.ids.rank() != 2) fail("weights and ids must be matrices");
@@ -38,11 +39,10 @@ Inputs readInputs(const std::vector<Tensor>& in) {
   expect(x.ids, poplar::INT, {x.batch, x.slots}, "ids");
   expect(x.count, poplar::INT, {x.batch}, "count");
   expect(x.values, poplar::FLOAT, {x.batch, x.slots}, "values");
+  checkPlanLayer(job.plan, 0, static_cast<long long>(x.nIn), static_cast<long long>(x.nOut),
+                 static_cast<long long>(x.batch), -1);
   return x;
 }
-
-std::vector<std::int64_t> weightsOnly(std::uint32_t) { return {0}; }
-std::vector<std::int64_t> nothing(std::uint32_t) { return {}; }
 
 // The spike slots on every slice's tile.
 struct Landed {
@@ -63,37 +63,26 @@ Landed landSpikes(Graph& graph, const Inputs& x, const LayerPlan& L, prog::Seque
 
 }  // namespace
 
-extern "C" {
+const char* const op::kName = "SnnSparseBinaryMatmul";
 
-int32_t custom_op_api_level = SNN_CUSTOM_OP_API_LEVEL;
-
-SNN_DEFINE_METADATA(Build_metadata, weightsOnly)
-SNN_DEFINE_METADATA(Build_grad_metadata, nothing)
+std::vector<std::int64_t> op::allocatingInputs(std::uint32_t) { return {0}; }
 
 // Weights: one [n_in, width] variable per slice, on the slice's tile.
-poplar::Tensor Build_allocator(poplar::Graph& graph, std::int64_t operand,
-                               const std::vector<std::size_t>& shape, poplar::Type type,
-                               const std::string& attributes, const std::string& debug_prefix) {
-  const Plan p = parsePlan(graph, attributes);
+Tensor op::allocate(Graph& graph, const Plan& p, std::int64_t operand,
+                    const std::vector<std::size_t>& shape, poplar::Type type, const std::string& name) {
   if (operand != 0 || shape.size() != 2) fail("only the weights are allocated by the op");
-  return addSliced(graph, type, {shape[0]}, p.layers[0], debug_prefix + "/weights").whole;
+  return addSliced(graph, type, {shape[0]}, p.layers[0], name + "/weights").whole;
 }
 
-poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::Tensor>& inputs,
-                               std::vector<poplar::Tensor>& outputs, const std::string& attributes,
-                               const std::string& debug_prefix) {
-  const Inputs x = readInputs(inputs);
-  const Plan p = parsePlan(graph, attributes);
-  checkPlanLayer(p, 0, x.nIn, x.nOut, x.batch, -1);
-  const LayerPlan& L = p.layers[0];
-  const std::string name = debug_prefix + "/SnnSparseBinaryMatmul";
-  prog::Sequence seq;
+void op::build(Graph& graph, OpBuild& job, const std::vector<Tensor>& inputs,
+               std::vector<Tensor>& outputs) {
+  const Inputs x = readInputs(job, inputs);
+  const LayerPlan& L = job.plan.layers[0];
+  const auto w = slicesOf(graph, x.weights, L, job.seq, job.name + "/weights");
+  const Landed in = landSpikes(graph, x, L, job.seq, job.name);
+  const Sliced y = addSliced(graph, poplar::FLOAT, {x.batch}, L, job.name + "/y");
 
-  const auto w = slicesOf(graph, x.weights, L, seq, name + "/weights");
-  const Landed in = landSpikes(graph, x, L, seq, name);
-  const Sliced y = addSliced(graph, poplar::FLOAT, {x.batch}, L, name + "/y");
-
-  poplar::ComputeSet cs = graph.addComputeSet({name + "/gather"});
+  poplar::ComputeSet cs = graph.addComputeSet({job.name + "/gather"});
   for (int s = 0; s < L.numSlices(); ++s) {
     for (std::size_t b = 0; b < x.batch; ++b) {
       vertex(graph, cs, "SnnMatmulFwd", L.tiles[s],
@@ -102,27 +91,19 @@ poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::T
              20 + 2 * x.slots * L.width(s));
     }
   }
-  seq.add(prog::Execute(cs));
+  job.seq.add(prog::Execute(cs));
   outputs = {y.whole};
-  return seq;
 }
 
-poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
-                                    const std::vector<poplar::Tensor>& gradients,
-                                    const std::vector<poplar::Tensor>& fwd_inputs,
-                                    const std::vector<poplar::Tensor>& fwd_outputs,
-                                    std::vector<poplar::Tensor>& outputs, const std::string& attributes,
-                                    const std::string& debug_prefix) {
-  (void)input_grad_index;
-  (void)fwd_outputs;
-  const Inputs x = readInputs(fwd_inputs);
+void op::buildGrad(Graph& graph, OpBuild& job, const std::vector<Tensor>& gradients,
+                   const std::vector<Tensor>& fwdInputs, const std::vector<Tensor>&,
+                   std::vector<Tensor>& outputs) {
+  const Inputs x = readInputs(job, fwdInputs);
   if (gradients.size() != 1) fail("SnnSparseBinaryMatmul has one output gradient");
   expect(gradients[0], poplar::FLOAT, {x.batch, x.nOut}, "grad_y");
-  const Plan p = parsePlan(graph, attributes);
-  checkPlanLayer(p, 0, x.nIn, x.nOut, x.batch, -1);
-  const LayerPlan& L = p.layers[0];
-  const std::string name = debug_prefix + "/SnnSparseBinaryMatmulGrad";
-  prog::Sequence seq;
+  const LayerPlan& L = job.plan.layers[0];
+  const std::string& name = job.name;
+  prog::Sequence& seq = job.seq;
 
   const auto w = slicesOf(graph, x.weights, L, seq, name + "/weights");
   const auto gy = slicesOf(graph, gradients[0], L, seq, name + "/grad_y");
@@ -133,7 +114,7 @@ poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
   poplar::ComputeSet cs = graph.addComputeSet({name + "/slices"});
   for (int s = 0; s < L.numSlices(); ++s) {
     const unsigned tile = L.tiles[s];
-    for (const auto& r : snn::plan::rowRanges(static_cast<int>(x.nIn), p.workers)) {
+    for (const auto& r : snn::plan::rowRanges(static_cast<int>(x.nIn), job.plan.workers)) {
       auto v = vertex(graph, cs, "SnnMatmulGradWeights", tile,
                       {{"ids", in.ids[s].flatten()}, {"count", in.count[s]}, {"values", in.values[s].flatten()},
                        {"gradY", gy[s].flatten()}, {"gradW", gw.parts[s].slice(r.first, r.second, 0).flatten()}},
@@ -151,7 +132,4 @@ poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
   const Tensor gv = addRows(graph, poplar::FLOAT, {x.slots}, L, name + "/grad_values");
   sumOverSlices(graph, partial, gv, seq, name + "/sum_partials");
   outputs = {gw.whole, gv};
-  return seq;
 }
-
-}  // extern "C"

@@ -28,9 +28,11 @@
 // UNTESTED on IPU hardware (see docs/ipu.md); the vertices and this dataflow
 // are checked on the host by tests/test_ipu_codelets.py.
 
+#include "../../common/fused_layout.h"
 #include "graph_util.hpp"
 
 using namespace snn::ipu;
+using snn::FusedLayout;
 namespace prog = poplar::program;
 
 namespace {
@@ -44,19 +46,20 @@ struct Net {
 
 Net readInputs(const std::vector<Tensor>& in, const Plan& p) {
   const std::size_t n = p.layers.size();
-  if (in.size() != 2 + 4 * n) {
+  const FusedLayout io{static_cast<int>(n)};
+  if (in.size() != static_cast<std::size_t>(io.num_inputs())) {
     fail("SnnSparseLifLayer takes in_ids, in_count and 4 tensors per layer (" + std::to_string(n) +
          " layers planned), got " + std::to_string(in.size()) + " inputs");
   }
   Net x;
   x.layers = n;
-  if (in[0].rank() != 3) fail("in_ids must be [B, T, K0]");
-  x.batch = in[0].dim(0);
-  x.steps = in[0].dim(1);
-  x.k0 = in[0].dim(2);
+  x.inIds = in[FusedLayout::kInIds];
+  x.inCount = in[FusedLayout::kInCount];
+  if (x.inIds.rank() != 3) fail("in_ids must be [B, T, K0]");
+  x.batch = x.inIds.dim(0);
+  x.steps = x.inIds.dim(1);
+  x.k0 = x.inIds.dim(2);
   if (x.k0 == 0) fail("in_ids must have at least one slot per step");
-  x.inIds = in[0];
-  x.inCount = in[1];
   expect(x.inIds, poplar::INT, {x.batch, x.steps, x.k0}, "in_ids");
   expect(x.inCount, poplar::INT, {x.batch, x.steps}, "in_count");
   if (static_cast<int>(x.steps) != p.timeSteps || static_cast<int>(x.k0) != p.inputCapacity) {
@@ -65,30 +68,29 @@ Net readInputs(const std::vector<Tensor>& in, const Plan& p) {
          std::to_string(x.k0) + "]");
   }
   for (std::size_t l = 0; l < n; ++l) {
-    const Tensor& w = in[2 + l];
+    const Tensor& w = in[io.weights(static_cast<int>(l))];
     if (w.rank() != 2) fail("weights[" + std::to_string(l) + "] must be a matrix");
     if (l == 0) x.sizes.push_back(w.dim(0));
     x.sizes.push_back(w.dim(1));
     expect(w, poplar::FLOAT, {x.sizes[l], x.sizes[l + 1]}, "weights[" + std::to_string(l) + "]");
     x.weights.push_back(w);
-    const char* names[3] = {"alpha", "threshold", "threshold2"};
-    std::vector<Tensor>* lists[3] = {&x.alpha, &x.theta, &x.theta2};
-    for (int v = 0; v < 3; ++v) {
-      const Tensor& t = in[2 + (v + 1) * n + l];
-      expect(t, poplar::FLOAT, {x.sizes[l + 1]}, std::string(names[v]) + "[" + std::to_string(l) + "]");
-      lists[v]->push_back(t);
+    const struct {
+      FusedLayout::Param param;
+      const char* name;
+      std::vector<Tensor>* list;
+    } vectors[] = {{FusedLayout::kAlpha, "alpha", &x.alpha},
+                   {FusedLayout::kThreshold, "threshold", &x.theta},
+                   {FusedLayout::kThreshold2, "threshold2", &x.theta2}};
+    for (const auto& v : vectors) {
+      const Tensor& t = in[io.param(v.param, static_cast<int>(l))];
+      expect(t, poplar::FLOAT, {x.sizes[l + 1]}, std::string(v.name) + "[" + std::to_string(l) + "]");
+      v.list->push_back(t);
     }
     checkPlanLayer(p, l, x.sizes[l], x.sizes[l + 1], x.batch, -1);
   }
   return x;
 }
 
-std::vector<std::int64_t> perLayerInputs(std::uint32_t num_inputs) {
-  std::vector<std::int64_t> out;
-  for (std::int64_t i = 2; i < static_cast<std::int64_t>(num_inputs); ++i) out.push_back(i);
-  return out;
-}
-std::vector<std::int64_t> nothing(std::uint32_t) { return {}; }
 
 // One layer's tensors on its compute tiles.
 struct LayerTiles {
@@ -111,77 +113,83 @@ LayerTiles placeLayer(Graph& graph, const Net& x, const Plan& p, std::size_t l, 
   return t;
 }
 
-// The whole input sequence of each batch row on layer 0's row tile.
-void stageInputs(Graph& graph, const Net& x, const LayerPlan& L0, prog::Sequence& seq, const std::string& name,
-                 Tensor* ids, Tensor* count) {
-  *ids = addRows(graph, poplar::INT, {x.steps * x.k0}, L0, name + "/input_ids");
-  *count = addRows(graph, poplar::INT, {x.steps}, L0, name + "/input_count");
-  seq.add(prog::Copy(x.inIds.reshape({x.batch, x.steps * x.k0}), *ids));
-  seq.add(prog::Copy(x.inCount, *count));
-}
-
 Tensor zeros(Graph& graph, Tensor t, prog::Sequence& seq, const std::string& name) {
   popops::zero(graph, t, seq, {name});
   return t;
 }
 
+// The input spikes of one step per batch row, on layer 0's row tiles: the
+// whole input sequence is staged there once, and an SnnInputStep vertex in
+// `cs` takes the next step (forward) or the previous one (reverse) each time
+// cs runs.
+struct InputSteps {
+  Tensor ids, count;  // [B, K0], [B]
+};
+
+InputSteps addInputSteps(Graph& graph, const Net& x, const LayerPlan& L0, prog::Sequence& seq,
+                         poplar::ComputeSet& cs, bool reverse, const std::string& name) {
+  const Tensor all = addRows(graph, poplar::INT, {x.steps * x.k0}, L0, name + "/input_ids");
+  const Tensor allCount = addRows(graph, poplar::INT, {x.steps}, L0, name + "/input_count");
+  seq.add(prog::Copy(x.inIds.reshape({x.batch, x.steps * x.k0}), all));
+  seq.add(prog::Copy(x.inCount, allCount));
+  const Tensor iter = zeros(graph, addRows(graph, poplar::UNSIGNED_INT, {}, L0, name + "/input_iteration"),
+                            seq, name);
+  InputSteps step{addRows(graph, poplar::INT, {x.k0}, L0, name + "/step_ids"),
+                  addRows(graph, poplar::INT, {}, L0, name + "/step_count")};
+  for (std::size_t b = 0; b < x.batch; ++b) {
+    auto v = vertex(graph, cs, "SnnInputStep", L0.rowTiles[b],
+                    {{"allIds", all[b]}, {"allCount", allCount[b]}, {"iteration", iter[b]},
+                     {"ids", step.ids[b]}, {"count", step.count[b]}},
+                    20 + 3 * x.k0);
+    graph.setInitialValue(v["inputs"], static_cast<int>(x.sizes[0]));
+    graph.setInitialValue(v["reverse"], reverse ? 1u : 0u);
+  }
+  return step;
+}
+
 }  // namespace
 
-extern "C" {
+const char* const op::kName = "SnnSparseLifLayer";
 
-int32_t custom_op_api_level = SNN_CUSTOM_OP_API_LEVEL;
-
-SNN_DEFINE_METADATA(Build_metadata, perLayerInputs)
-SNN_DEFINE_METADATA(Build_grad_metadata, nothing)
+// The per-layer inputs: everything but in_ids and in_count.
+std::vector<std::int64_t> op::allocatingInputs(std::uint32_t numInputs) {
+  std::vector<std::int64_t> out;
+  for (std::int64_t i = FusedLayout::kInCount + 1; i < static_cast<std::int64_t>(numInputs); ++i) {
+    out.push_back(i);
+  }
+  return out;
+}
 
 // weights[l] as [n_in, width] per slice, the per-neuron vectors as [width]
 // per slice, each on its slice's tile.
-poplar::Tensor Build_allocator(poplar::Graph& graph, std::int64_t operand,
-                               const std::vector<std::size_t>& shape, poplar::Type type,
-                               const std::string& attributes, const std::string& debug_prefix) {
-  const Plan p = parsePlan(graph, attributes);
-  const std::int64_t n = static_cast<std::int64_t>(p.layers.size());
-  if (operand < 2 || operand >= 2 + 4 * n) fail("unexpected operand " + std::to_string(operand));
-  const std::int64_t kind = (operand - 2) / n, l = (operand - 2) % n;
+Tensor op::allocate(Graph& graph, const Plan& p, std::int64_t operand,
+                    const std::vector<std::size_t>& shape, poplar::Type type, const std::string& name) {
+  const FusedLayout io{static_cast<int>(p.layers.size())};
+  if (operand <= FusedLayout::kInCount || operand >= io.num_inputs()) {
+    fail("unexpected operand " + std::to_string(operand));
+  }
+  const int l = io.layer_of(static_cast<int>(operand));
   const LayerPlan& L = p.layers[static_cast<std::size_t>(l)];
-  if (kind == 0) {
+  if (io.param_of(static_cast<int>(operand)) == FusedLayout::kWeights) {
     if (shape.size() != 2) fail("weights must be a matrix");
-    return addSliced(graph, type, {shape[0]}, L, debug_prefix + "/weights" + std::to_string(l)).whole;
+    return addSliced(graph, type, {shape[0]}, L, name + "/weights" + std::to_string(l)).whole;
   }
   if (shape.size() != 1) fail("per-neuron parameters must be vectors");
-  return addSliced(graph, type, {}, L, debug_prefix + "/neuron_params" + std::to_string(operand)).whole;
+  return addSliced(graph, type, {}, L, name + "/neuron_params" + std::to_string(operand)).whole;
 }
 
-poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::Tensor>& inputs,
-                               std::vector<poplar::Tensor>& outputs, const std::string& attributes,
-                               const std::string& debug_prefix) {
-  const Plan p = parsePlan(graph, attributes);
+void op::build(Graph& graph, OpBuild& job, const std::vector<Tensor>& inputs,
+               std::vector<Tensor>& outputs) {
+  const Plan& p = job.plan;
   const Net x = readInputs(inputs, p);
   const std::size_t N = x.layers, B = x.batch, T = x.steps;
-  const std::string name = debug_prefix + "/SnnSparseLifLayer";
-  prog::Sequence seq, body;
-  const LayerPlan& L0 = p.layers[0];
+  prog::Sequence body;
 
-  Tensor inIds, inCount;
-  stageInputs(graph, x, L0, seq, name, &inIds, &inCount);
-  const Tensor inIter = zeros(graph, addRows(graph, poplar::UNSIGNED_INT, {}, L0, name + "/input_iteration"),
-                              seq, name + "/zero");
-  const Tensor stepIds = addRows(graph, poplar::INT, {x.k0}, L0, name + "/step_ids");
-  const Tensor stepCount = addRows(graph, poplar::INT, {}, L0, name + "/step_count");
-
-  poplar::ComputeSet csInput = graph.addComputeSet({name + "/input"});
-  poplar::ComputeSet csStep = graph.addComputeSet({name + "/step"});
-  poplar::ComputeSet csMerge = graph.addComputeSet({name + "/merge"});
-  poplar::ComputeSet csLogits = graph.addComputeSet({name + "/logits"});
-
-  for (std::size_t b = 0; b < B; ++b) {
-    auto v = vertex(graph, csInput, "SnnInputStep", L0.rowTiles[b],
-                    {{"allIds", inIds[b]}, {"allCount", inCount[b]}, {"iteration", inIter[b]},
-                     {"ids", stepIds[b]}, {"count", stepCount[b]}},
-                    20 + 3 * x.k0);
-    graph.setInitialValue(v["inputs"], static_cast<int>(x.sizes[0]));
-    graph.setInitialValue(v["reverse"], 0u);
-  }
+  poplar::ComputeSet csInput = graph.addComputeSet({job.name + "/input"});
+  poplar::ComputeSet csStep = graph.addComputeSet({job.name + "/step"});
+  poplar::ComputeSet csMerge = graph.addComputeSet({job.name + "/merge"});
+  poplar::ComputeSet csLogits = graph.addComputeSet({job.name + "/logits"});
+  const InputSteps in = addInputSteps(graph, x, p.layers[0], job.seq, csInput, false, job.name);
 
   std::vector<Tensor> preIds(N), preCount(N), sendIds(N), sendCount(N);
   std::vector<Tensor> recIds(N), recSur(N), recCount(N), recDropped(N);
@@ -192,13 +200,13 @@ poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::T
   Tensor logits;
   for (std::size_t l = 0; l < N; ++l) {
     const LayerPlan& L = p.layers[l];
-    const std::string ln = name + "/layer" + std::to_string(l);
-    const LayerTiles t = placeLayer(graph, x, p, l, seq, ln, true);
+    const std::string ln = job.name + "/layer" + std::to_string(l);
+    const LayerTiles t = placeLayer(graph, x, p, l, job.seq, ln, true);
     const std::size_t K = L.capacity, S = L.numSlices();
     const Sliced u = addSliced(graph, poplar::FLOAT, {B}, L, ln + "/u");
-    zeros(graph, u.whole, seq, ln + "/zero_u");
+    zeros(graph, u.whole, job.seq, ln + "/zero_u");
     preIds[l] = addPerSlice(graph, poplar::INT, {B, t.kPre}, L, ln + "/pre_ids");
-    preCount[l] = zeros(graph, addPerSlice(graph, poplar::INT, {B}, L, ln + "/pre_count"), seq, ln + "/zero");
+    preCount[l] = zeros(graph, addPerSlice(graph, poplar::INT, {B}, L, ln + "/pre_count"), job.seq, ln + "/zero");
     lists[l] = {addPerSlice(graph, poplar::INT, {B, t.local}, L, ln + "/spike_ids"),
                 addPerSlice(graph, poplar::FLOAT, {B, t.local}, L, ln + "/spike_sur"),
                 addPerSlice(graph, poplar::INT, {B, t.local}, L, ln + "/carrier_ids"),
@@ -223,11 +231,11 @@ poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::T
                  addRows(graph, poplar::INT, {S, t.local}, L, ln + "/landed_carrier_ids"),
                  addRows(graph, poplar::FLOAT, {S, t.local}, L, ln + "/landed_carrier_sur"),
                  addRows(graph, poplar::UNSIGNED_INT, {S, 2}, L, ln + "/landed_counts")};
-    const Tensor iter = zeros(graph, addRows(graph, poplar::UNSIGNED_INT, {}, L, ln + "/iteration"), seq, ln);
-    recIds[l] = zeros(graph, addRows(graph, poplar::INT, {T, K}, L, ln + "/ids"), seq, ln);
-    recSur[l] = zeros(graph, addRows(graph, poplar::FLOAT, {T, K}, L, ln + "/surrogate"), seq, ln);
-    recCount[l] = zeros(graph, addRows(graph, poplar::INT, {T}, L, ln + "/count"), seq, ln);
-    recDropped[l] = zeros(graph, addRows(graph, poplar::INT, {T}, L, ln + "/dropped"), seq, ln);
+    const Tensor iter = zeros(graph, addRows(graph, poplar::UNSIGNED_INT, {}, L, ln + "/iteration"), job.seq, ln);
+    recIds[l] = zeros(graph, addRows(graph, poplar::INT, {T, K}, L, ln + "/ids"), job.seq, ln);
+    recSur[l] = zeros(graph, addRows(graph, poplar::FLOAT, {T, K}, L, ln + "/surrogate"), job.seq, ln);
+    recCount[l] = zeros(graph, addRows(graph, poplar::INT, {T}, L, ln + "/count"), job.seq, ln);
+    recDropped[l] = zeros(graph, addRows(graph, poplar::INT, {T}, L, ln + "/dropped"), job.seq, ln);
     sendIds[l] = addRows(graph, poplar::INT, {K}, L, ln + "/send_ids");
     sendCount[l] = addRows(graph, poplar::INT, {}, L, ln + "/send_count");
     for (std::size_t b = 0; b < B; ++b) {
@@ -240,7 +248,8 @@ poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::T
              20 + 6 * (S + K));
     }
     if (l + 1 == N) {
-      logits = zeros(graph, addRows(graph, poplar::FLOAT, {x.sizes[N]}, L, name + "/logits"), seq, name);
+      logits = zeros(graph, addRows(graph, poplar::FLOAT, {x.sizes[N]}, L, job.name + "/logits"), job.seq,
+                     job.name);
       for (std::size_t b = 0; b < B; ++b) {
         vertex(graph, csLogits, "SnnAccumulateLogits", L.rowTiles[b],
                {{"ids", sendIds[l][b]}, {"count", sendCount[l][b]}, {"logits", logits[b]}}, 20 + 4 * K);
@@ -249,8 +258,8 @@ poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::T
   }
 
   body.add(prog::Execute(csInput));
-  broadcastTo(body, stepIds, preIds[0]);
-  broadcastTo(body, stepCount, preCount[0]);
+  broadcastTo(body, in.ids, preIds[0]);
+  broadcastTo(body, in.count, preCount[0]);
   body.add(prog::Execute(csStep));
   for (std::size_t l = 0; l < N; ++l) {
     for (int i = 0; i < 5; ++i) landOnRows(body, lists[l][i], landed[l][i]);
@@ -261,54 +270,40 @@ poplar::program::Program Build(poplar::Graph& graph, const std::vector<poplar::T
     broadcastTo(body, sendIds[l], preIds[l + 1]);
     broadcastTo(body, sendCount[l], preCount[l + 1]);
   }
-  seq.add(prog::Repeat(static_cast<unsigned>(T), body, {name + "/time"}));
+  job.seq.add(prog::Repeat(static_cast<unsigned>(T), body, {job.name + "/time"}));
 
-  outputs = {logits};
-  for (const auto* part : {&recIds, &recCount, &recDropped, &recSur}) {
-    for (const Tensor& t : *part) outputs.push_back(t);
+  const FusedLayout io{static_cast<int>(N)};
+  outputs.assign(io.num_outputs(), Tensor());
+  outputs[FusedLayout::kLogits] = logits;
+  for (std::size_t l = 0; l < N; ++l) {
+    const int li = static_cast<int>(l);
+    outputs[io.record(FusedLayout::kIds, li)] = recIds[l];
+    outputs[io.record(FusedLayout::kCount, li)] = recCount[l];
+    outputs[io.record(FusedLayout::kDropped, li)] = recDropped[l];
+    outputs[io.record(FusedLayout::kSurrogate, li)] = recSur[l];
   }
-  return seq;
 }
 
-poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
-                                    const std::vector<poplar::Tensor>& gradients,
-                                    const std::vector<poplar::Tensor>& fwd_inputs,
-                                    const std::vector<poplar::Tensor>& fwd_outputs,
-                                    std::vector<poplar::Tensor>& outputs, const std::string& attributes,
-                                    const std::string& debug_prefix) {
-  (void)input_grad_index;
-  const Plan p = parsePlan(graph, attributes);
-  const Net x = readInputs(fwd_inputs, p);
+void op::buildGrad(Graph& graph, OpBuild& job, const std::vector<Tensor>& gradients,
+                   const std::vector<Tensor>& fwdInputs, const std::vector<Tensor>& fwdOutputs,
+                   std::vector<Tensor>& outputs) {
+  const Plan& p = job.plan;
+  const Net x = readInputs(fwdInputs, p);
   const std::size_t N = x.layers, B = x.batch, T = x.steps;
-  if (fwd_outputs.size() != 1 + 4 * N || gradients.size() != 1 + 4 * N) {
+  const FusedLayout io{static_cast<int>(N)};
+  const std::size_t numOutputs = static_cast<std::size_t>(io.num_outputs());
+  if (fwdOutputs.size() != numOutputs || gradients.size() != numOutputs) {
     fail("SnnSparseLifLayer has 1 + 4 * layers outputs");
   }
   // Only the logits carry a gradient; the recorded slots are read from the
   // forward outputs.
-  expect(gradients[0], poplar::FLOAT, {B, x.sizes[N]}, "grad_logits");
-  const std::string name = debug_prefix + "/SnnSparseLifLayerGrad";
-  prog::Sequence seq, body;
-  const LayerPlan& L0 = p.layers[0];
+  expect(gradients[FusedLayout::kLogits], poplar::FLOAT, {B, x.sizes[N]}, "grad_logits");
+  prog::Sequence body;
 
-  Tensor inIds, inCount;
-  stageInputs(graph, x, L0, seq, name, &inIds, &inCount);
-  const Tensor inIter = zeros(graph, addRows(graph, poplar::UNSIGNED_INT, {}, L0, name + "/input_iteration"),
-                              seq, name);
-  const Tensor in0Ids = addRows(graph, poplar::INT, {x.k0}, L0, name + "/step_ids");
-  const Tensor in0Count = addRows(graph, poplar::INT, {}, L0, name + "/step_count");
-
-  poplar::ComputeSet csPrep = graph.addComputeSet({name + "/prepare"});
-  poplar::ComputeSet csEps = graph.addComputeSet({name + "/eps"});
-  poplar::ComputeSet csGrad = graph.addComputeSet({name + "/grad"});
-
-  for (std::size_t b = 0; b < B; ++b) {
-    auto v = vertex(graph, csPrep, "SnnInputStep", L0.rowTiles[b],
-                    {{"allIds", inIds[b]}, {"allCount", inCount[b]}, {"iteration", inIter[b]},
-                     {"ids", in0Ids[b]}, {"count", in0Count[b]}},
-                    20 + 3 * x.k0);
-    graph.setInitialValue(v["inputs"], static_cast<int>(x.sizes[0]));
-    graph.setInitialValue(v["reverse"], 1u);
-  }
+  poplar::ComputeSet csPrep = graph.addComputeSet({job.name + "/prepare"});
+  poplar::ComputeSet csEps = graph.addComputeSet({job.name + "/eps"});
+  poplar::ComputeSet csGrad = graph.addComputeSet({job.name + "/grad"});
+  const InputSteps in0 = addInputSteps(graph, x, p.layers[0], job.seq, csPrep, true, job.name);
 
   std::vector<Tensor> recIds(N), recSur(N), recCount(N), ds(N), slotIds(N), slotGrad(N);
   std::vector<Tensor> packIds(N), packCount(N);  // presynaptic packet built on layer l's rows for l+1
@@ -317,22 +312,27 @@ poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
   for (std::size_t l = 0; l < N; ++l) {
     const LayerPlan& L = p.layers[l];
     const std::size_t K = L.capacity, S = L.numSlices();
-    const std::string ln = name + "/layer" + std::to_string(l);
+    const std::string ln = job.name + "/layer" + std::to_string(l);
     recIds[l] = addRows(graph, poplar::INT, {T * K}, L, ln + "/ids");
     recSur[l] = addRows(graph, poplar::FLOAT, {T * K}, L, ln + "/surrogate");
     recCount[l] = addRows(graph, poplar::INT, {T}, L, ln + "/count");
-    expect(fwd_outputs[1 + l], poplar::INT, {B, T, K}, "ids[" + std::to_string(l) + "]");
-    expect(fwd_outputs[1 + N + l], poplar::INT, {B, T}, "count[" + std::to_string(l) + "]");
-    expect(fwd_outputs[1 + 3 * N + l], poplar::FLOAT, {B, T, K}, "surrogate[" + std::to_string(l) + "]");
-    seq.add(prog::Copy(fwd_outputs[1 + l].reshape({B, T * K}), recIds[l]));
-    seq.add(prog::Copy(fwd_outputs[1 + N + l], recCount[l]));
-    seq.add(prog::Copy(fwd_outputs[1 + 3 * N + l].reshape({B, T * K}), recSur[l]));
+    const int li = static_cast<int>(l);
+    const Tensor& fwdIds = fwdOutputs[io.record(FusedLayout::kIds, li)];
+    const Tensor& fwdCount = fwdOutputs[io.record(FusedLayout::kCount, li)];
+    const Tensor& fwdSur = fwdOutputs[io.record(FusedLayout::kSurrogate, li)];
+    expect(fwdIds, poplar::INT, {B, T, K}, "ids[" + std::to_string(l) + "]");
+    expect(fwdCount, poplar::INT, {B, T}, "count[" + std::to_string(l) + "]");
+    expect(fwdSur, poplar::FLOAT, {B, T, K}, "surrogate[" + std::to_string(l) + "]");
+    job.seq.add(prog::Copy(fwdIds.reshape({B, T * K}), recIds[l]));
+    job.seq.add(prog::Copy(fwdCount, recCount[l]));
+    job.seq.add(prog::Copy(fwdSur.reshape({B, T * K}), recSur[l]));
     slotIds[l] = addRows(graph, poplar::INT, {K}, L, ln + "/slot_ids");
     slotGrad[l] = addRows(graph, poplar::FLOAT, {K}, L, ln + "/slot_grad");
-    const Tensor slotIter = zeros(graph, addRows(graph, poplar::UNSIGNED_INT, {}, L, ln + "/slot_iteration"), seq, ln);
+    const Tensor slotIter =
+        zeros(graph, addRows(graph, poplar::UNSIGNED_INT, {}, L, ln + "/slot_iteration"), job.seq, ln);
     if (l + 1 == N) {
       const Tensor g = addRows(graph, poplar::FLOAT, {x.sizes[N]}, L, ln + "/grad_logits");
-      seq.add(prog::Copy(gradients[0], g));
+      job.seq.add(prog::Copy(gradients[FusedLayout::kLogits], g));
       for (std::size_t b = 0; b < B; ++b) {
         vertex(graph, csPrep, "SnnSlotGradFromLogits", L.rowTiles[b],
                {{"gradLogits", g[b]}, {"recIds", recIds[l][b]}, {"recSur", recSur[l][b]}, {"iteration", slotIter[b]},
@@ -340,10 +340,11 @@ poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
                20 + 6 * K);
       }
     } else {
-      ds[l] = zeros(graph, addRows(graph, poplar::FLOAT, {K}, L, ln + "/ds"), seq, ln);
+      ds[l] = zeros(graph, addRows(graph, poplar::FLOAT, {K}, L, ln + "/ds"), job.seq, ln);
       packIds[l] = addRows(graph, poplar::INT, {K}, L, ln + "/pre_packet_ids");
       packCount[l] = addRows(graph, poplar::INT, {}, L, ln + "/pre_packet_count");
-      const Tensor preIter = zeros(graph, addRows(graph, poplar::UNSIGNED_INT, {}, L, ln + "/pre_iteration"), seq, ln);
+      const Tensor preIter =
+          zeros(graph, addRows(graph, poplar::UNSIGNED_INT, {}, L, ln + "/pre_iteration"), job.seq, ln);
       for (std::size_t b = 0; b < B; ++b) {
         vertex(graph, csPrep, "SnnSlotGradFromDs", L.rowTiles[b],
                {{"ds", ds[l][b]}, {"recIds", recIds[l][b]}, {"recSur", recSur[l][b]}, {"iteration", slotIter[b]},
@@ -356,12 +357,12 @@ poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
       }
     }
 
-    const LayerTiles t = placeLayer(graph, x, p, l, seq, ln, false);
+    const LayerTiles t = placeLayer(graph, x, p, l, job.seq, ln, false);
     const Sliced eps = addSliced(graph, poplar::FLOAT, {B}, L, ln + "/eps");
-    zeros(graph, eps.whole, seq, ln);
+    zeros(graph, eps.whole, job.seq, ln);
     const Sliced gI = addSliced(graph, poplar::FLOAT, {B}, L, ln + "/grad_current");
     const Sliced gw = addSliced(graph, poplar::FLOAT, {x.sizes[l]}, L, ln + "/grad_weights");
-    gradW[l] = zeros(graph, gw.whole, seq, ln);
+    gradW[l] = zeros(graph, gw.whole, job.seq, ln);
     landSlotIds[l] = addPerSlice(graph, poplar::INT, {B, K}, L, ln + "/landed_slot_ids");
     landSlotGrad[l] = addPerSlice(graph, poplar::FLOAT, {B, K}, L, ln + "/landed_slot_grad");
     landPreIds[l] = addPerSlice(graph, poplar::INT, {B, t.kPre}, L, ln + "/landed_pre_ids");
@@ -397,17 +398,14 @@ poplar::program::Program Build_grad(poplar::Graph& graph, int input_grad_index,
   for (std::size_t l = 0; l < N; ++l) {
     broadcastTo(body, slotIds[l], landSlotIds[l]);
     broadcastTo(body, slotGrad[l], landSlotGrad[l]);
-    broadcastTo(body, l == 0 ? in0Ids : packIds[l - 1], landPreIds[l]);
-    broadcastTo(body, l == 0 ? in0Count : packCount[l - 1], landPreCount[l]);
+    broadcastTo(body, l == 0 ? in0.ids : packIds[l - 1], landPreIds[l]);
+    broadcastTo(body, l == 0 ? in0.count : packCount[l - 1], landPreCount[l]);
   }
   body.add(prog::Execute(csEps));
   body.add(prog::Execute(csGrad));
   for (std::size_t l = 1; l < N; ++l) {
-    sumOverSlices(graph, partial[l], ds[l - 1], body, name + "/layer" + std::to_string(l) + "/sum_partials");
+    sumOverSlices(graph, partial[l], ds[l - 1], body, job.name + "/layer" + std::to_string(l) + "/sum_partials");
   }
-  seq.add(prog::Repeat(static_cast<unsigned>(T), body, {name + "/time"}));
+  job.seq.add(prog::Repeat(static_cast<unsigned>(T), body, {job.name + "/time"}));
   outputs = gradW;
-  return seq;
 }
-
-}  // extern "C"

@@ -49,6 +49,31 @@ static bool validSlots(const Ids& ids, int count, int rows) {
   return true;
 }
 
+// acc[id - rowBegin] += weight(s) * rows[b] for the first count[b] slots s of
+// every batch row b whose id lies in the vertex's weight rows [rowBegin,
+// rowBegin + acc.size() / width): the weight-gradient scatter of the matmul
+// and of the fused backward pass, where a vertex owns a range of rows.
+template <class Ids, class Counts, class Rows, class Acc, class Weight>
+static bool scatterRows(const Ids& ids, const Counts& count, const Rows& rowsIn, Acc& acc,
+                        unsigned rowBegin, Weight weight) {
+  const unsigned batch = count.size();
+  const unsigned slots = ids.size() / batch;
+  const unsigned width = rowsIn.size() / batch;
+  const unsigned rows = acc.size() / width;
+  for (unsigned b = 0; b < batch; ++b) {
+    const int cnt = count[b];
+    if (cnt < 0 || unsigned(cnt) > slots) return false;
+    for (int k = 0; k < cnt; ++k) {
+      const unsigned s = b * slots + k;
+      const unsigned r = unsigned(ids[s]) - rowBegin;  // wraps for rows below the range
+      if (r >= rows) continue;
+      const float v = weight(s);
+      for (unsigned i = 0; i < width; ++i) acc[r * width + i] += v * rowsIn[b * width + i];
+    }
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------------------
 // Sparse binary matmul
 // ---------------------------------------------------------------------------
@@ -92,23 +117,8 @@ class SnnMatmulGradWeights : public Vertex {
   unsigned rowBegin;
 
   bool compute() {
-    const unsigned batch = count.size();
-    const unsigned slots = ids.size() / batch;
-    const unsigned width = gradY.size() / batch;
-    const unsigned rows = gradW.size() / width;
     for (unsigned e = 0; e < gradW.size(); ++e) gradW[e] = 0.f;
-    for (unsigned b = 0; b < batch; ++b) {
-      const int cnt = count[b];
-      if (cnt < 0 || unsigned(cnt) > slots) return false;
-      for (int k = 0; k < cnt; ++k) {
-        const unsigned s = b * slots + k;
-        const unsigned r = unsigned(ids[s]) - rowBegin;  // wraps for rows below the range
-        if (r >= rows) continue;
-        const float v = values[s];
-        for (unsigned i = 0; i < width; ++i) gradW[r * width + i] += v * gradY[b * width + i];
-      }
-    }
-    return true;
+    return scatterRows(ids, count, gradY, gradW, rowBegin, [this](unsigned s) { return values[s]; });
   }
 };
 
@@ -155,8 +165,9 @@ class SnnMatmulGradValuesPartial : public Vertex {
 // kept; *total receives all spikes seen, kept or not.
 template <class Ids, class Counts, class Sink>
 static unsigned mergeSlots(const Ids& spikeIds, const Ids& carrierIds, const Counts& counts,
-                           unsigned local, unsigned slots, Sink& sink, unsigned* total) {
+                           unsigned slots, Sink& sink, unsigned* total) {
   const unsigned tiles = counts.size() / 2;
+  const unsigned local = spikeIds.size() / tiles;
   unsigned slot = 0, seen = 0;
   for (unsigned t = 0; t < tiles; ++t) {
     const unsigned n = counts[2 * t];
@@ -236,10 +247,8 @@ class SnnSelectMerge : public Vertex {
         values[slot] = 0.f;
       }
     } sink{ids, values};
-    const unsigned tiles = counts.size() / 2;
-    const unsigned local = spikeIds.size() / tiles;
     unsigned total = 0;
-    const unsigned kept = mergeSlots(spikeIds, carrierIds, counts, local, ids.size(), sink, &total);
+    const unsigned kept = mergeSlots(spikeIds, carrierIds, counts, ids.size(), sink, &total);
     *count = int(kept);
     *dropped = int(total - kept);
     return true;
@@ -426,10 +435,8 @@ class SnnLifMerge : public Vertex {
         sendIds[slot] = -1;
       }
     } sink{spikeSur, carrierSur, recIds, recSur, sendIds, t * slots};
-    const unsigned tiles = counts.size() / 2;
-    const unsigned local = spikeIds.size() / tiles;
     unsigned total = 0;
-    const unsigned kept = mergeSlots(spikeIds, carrierIds, counts, local, slots, sink, &total);
+    const unsigned kept = mergeSlots(spikeIds, carrierIds, counts, slots, sink, &total);
     recCount[t] = int(kept);
     recDropped[t] = int(total - kept);
     *sendCount = int(kept);
@@ -452,8 +459,38 @@ class SnnAccumulateLogits : public Vertex {
   }
 };
 
-// Backward, last layer, per batch row, steps in reverse: every filled slot of
-// step t receives d loss / d logit of its neuron, times its surrogate.
+// Backward, per batch row: the step of this iteration when steps run in
+// reverse (T-1, T-2, ...), counting the iteration; false once all steps ran.
+template <class Iteration>
+static bool reverseStep(Iteration& iteration, unsigned steps, unsigned* t) {
+  const unsigned it = *iteration;
+  if (it >= steps) return false;
+  *t = steps - 1 - it;
+  *iteration = it + 1;
+  return true;
+}
+
+// Backward, per batch row, steps in reverse: the recorded slots of step t
+// with slotGrad[k] = g * surrogate for every filled slot (0 for padding),
+// where grad(k, id, &g) sets g and returns false on an id it cannot take.
+template <class V, class Grad>
+static bool slotGradStep(V& v, Grad grad) {
+  const unsigned slots = v.slotIds.size();
+  unsigned t;
+  if (!reverseStep(v.iteration, v.recIds.size() / slots, &t)) return false;
+  const unsigned base = t * slots;
+  for (unsigned k = 0; k < slots; ++k) {
+    const int id = v.recIds[base + k];
+    float g = 0.f;
+    if (!grad(k, id, &g)) return false;
+    v.slotIds[k] = id;
+    v.slotGrad[k] = id >= 0 ? g * v.recSur[base + k] : 0.f;
+  }
+  return true;
+}
+
+// Backward, last layer: every filled slot of step t receives d loss / d logit
+// of its neuron, times its surrogate.
 class SnnSlotGradFromLogits : public Vertex {
  public:
   Input<Vector<float>> gradLogits;  // [n_L]
@@ -464,25 +501,16 @@ class SnnSlotGradFromLogits : public Vertex {
   Output<Vector<float>> slotGrad;   // [K]
 
   bool compute() {
-    const unsigned slots = slotIds.size();
-    const unsigned steps = recIds.size() / slots;
-    const unsigned it = *iteration;
-    if (it >= steps) return false;
-    const unsigned base = (steps - 1 - it) * slots;
-    for (unsigned k = 0; k < slots; ++k) {
-      const int id = recIds[base + k];
+    return slotGradStep(*this, [this](unsigned, int id, float* g) {
       if (id < -1 || id >= int(gradLogits.size())) return false;
-      slotIds[k] = id;
-      slotGrad[k] = id >= 0 ? gradLogits[unsigned(id)] * recSur[base + k] : 0.f;
-    }
-    *iteration = it + 1;
-    return true;
+      if (id >= 0) *g = gradLogits[unsigned(id)];
+      return true;
+    });
   }
 };
 
-// Backward, hidden layer, per batch row, steps in reverse: d loss / d slot
-// (summed from the next layer's tiles one iteration earlier) times the
-// surrogate.
+// Backward, hidden layer: d loss / d slot (summed from the next layer's tiles
+// one iteration earlier) times the surrogate.
 class SnnSlotGradFromDs : public Vertex {
  public:
   Input<Vector<float>> ds;        // [K]
@@ -493,18 +521,10 @@ class SnnSlotGradFromDs : public Vertex {
   Output<Vector<float>> slotGrad; // [K]
 
   bool compute() {
-    const unsigned slots = slotIds.size();
-    const unsigned steps = recIds.size() / slots;
-    const unsigned it = *iteration;
-    if (it >= steps) return false;
-    const unsigned base = (steps - 1 - it) * slots;
-    for (unsigned k = 0; k < slots; ++k) {
-      const int id = recIds[base + k];
-      slotIds[k] = id;
-      slotGrad[k] = id >= 0 ? ds[k] * recSur[base + k] : 0.f;
-    }
-    *iteration = it + 1;
-    return true;
+    return slotGradStep(*this, [this](unsigned k, int, float* g) {
+      *g = ds[k];
+      return true;
+    });
   }
 };
 
@@ -520,10 +540,8 @@ class SnnPresynFromRecord : public Vertex {
 
   bool compute() {
     const unsigned slots = ids.size();
-    const unsigned steps = recCount.size();
-    const unsigned it = *iteration;
-    if (it >= steps) return false;
-    const unsigned t = steps - 1 - it;
+    unsigned t;
+    if (!reverseStep(iteration, recCount.size(), &t)) return false;
     if (t == 0) {
       for (unsigned k = 0; k < slots; ++k) ids[k] = -1;
       *count = 0;
@@ -532,7 +550,6 @@ class SnnPresynFromRecord : public Vertex {
       for (unsigned k = 0; k < slots; ++k) ids[k] = recIds[base + k];
       *count = recCount[t - 1];
     }
-    *iteration = it + 1;
     return true;
   }
 };
@@ -577,19 +594,8 @@ class SnnScatterAddRows : public Vertex {
   unsigned rowBegin;
 
   bool compute() {
-    const unsigned batch = count.size();
-    const unsigned slots = ids.size() / batch;
-    const unsigned width = rowsIn.size() / batch;
-    const unsigned rows = acc.size() / width;
-    for (unsigned b = 0; b < batch; ++b) {
-      const int cnt = count[b];
-      if (cnt < 0 || unsigned(cnt) > slots) return false;
-      for (int k = 0; k < cnt; ++k) {
-        const unsigned r = unsigned(ids[b * slots + k]) - rowBegin;
-        if (r >= rows) continue;
-        for (unsigned i = 0; i < width; ++i) acc[r * width + i] += rowsIn[b * width + i];
-      }
-    }
-    return true;
+    // Transmitted spikes have value 1, and 1 * x is x: the same sums as an
+    // unweighted scatter.
+    return scatterRows(ids, count, rowsIn, acc, rowBegin, [](unsigned) { return 1.f; });
   }
 };

@@ -250,6 +250,35 @@ LifNet makeNet(const Plan& p, int B, int T, int K0, int L, const int* sizes, con
   return net;
 }
 
+// The input spikes of one step per batch row, on layer 0's row tiles, from
+// the whole input sequence (SnnInputStep; reverse for the backward pass).
+struct InputSteps {
+  const int* allIds;    // [B, T, K0]
+  const int* allCount;  // [B, T]
+  int B, T, K0, inputs;
+  std::vector<unsigned> iteration;
+  std::vector<int> ids, count;  // [B, K0], [B]
+
+  InputSteps(const int* allIds, const int* allCount, int B, int T, int K0, int inputs)
+      : allIds(allIds), allCount(allCount), B(B), T(T), K0(K0), inputs(inputs), iteration(B, 0),
+        ids(static_cast<size_t>(B) * K0), count(B) {}
+
+  // Compute set: the next step of every row.
+  void step(unsigned reverse) {
+    for (int b = 0; b < B; ++b) {
+      SnnInputStep v;
+      v.allIds.bind(allIds + static_cast<size_t>(b) * T * K0, static_cast<size_t>(T) * K0);
+      v.allCount.bind(allCount + static_cast<size_t>(b) * T, T);
+      v.iteration.bind(&iteration[b]);
+      v.ids.bind(at(ids, static_cast<size_t>(b) * K0), K0);
+      v.count.bind(&count[b]);
+      v.inputs = inputs;
+      v.reverse = reverse;
+      run(v, where("SnnInputStep", -1, -1, b));
+    }
+  }
+};
+
 // Exchange: the transmitted ids of layer l's rows to every slice of layer l+1.
 void broadcastSend(LifNet& net, int l) {
   const int K = static_cast<int>(net.rows[l][0].sendIds.size());
@@ -538,27 +567,16 @@ int snn_host_lif_fwd(const char* attributes, const int* inIds, const int* inCoun
     }
     const int nL = sizes[L];
     std::fill(logits, logits + static_cast<size_t>(B) * nL, 0.f);
-    std::vector<unsigned> inIteration(B, 0);
-    std::vector<int> stepIds(static_cast<size_t>(B) * K0), stepCount(B);
+    InputSteps inputs(inIds, inCount, B, T, K0, sizes[0]);
     float low = std::numeric_limits<float>::infinity();
 
     for (int step = 0; step < T; ++step) {
       // Compute set: the input spikes of this step, per row.
-      for (int b = 0; b < B; ++b) {
-        SnnInputStep v;
-        v.allIds.bind(inIds + static_cast<size_t>(b) * T * K0, static_cast<size_t>(T) * K0);
-        v.allCount.bind(inCount + static_cast<size_t>(b) * T, T);
-        v.iteration.bind(&inIteration[b]);
-        v.ids.bind(at(stepIds, static_cast<size_t>(b) * K0), K0);
-        v.count.bind(&stepCount[b]);
-        v.inputs = sizes[0];
-        v.reverse = 0;
-        run(v, where("SnnInputStep", -1, -1, b));
-      }
+      inputs.step(0);
       // Exchange: input spikes to every slice of layer 0.
       for (LifSlice& t : net.slices[0]) {
-        t.preIds = stepIds;
-        t.preCount = stepCount;
+        t.preIds = inputs.ids;
+        t.preCount = inputs.count;
       }
       // Compute set: one LIF step of every layer (layer l reads layer l-1's
       // transmission of the previous step, delivered at its end).
@@ -665,32 +683,31 @@ int snn_host_lif_grad(const char* attributes, const float* gradLogits, const int
         r.recCount.assign(count[l] + static_cast<size_t>(b) * T, count[l] + static_cast<size_t>(b + 1) * T);
       }
     }
-    std::vector<unsigned> inIteration(B, 0);
-    std::vector<int> in0Ids(static_cast<size_t>(B) * K0), in0Count(B);
+    InputSteps inputs(inIds, inCount, B, T, K0, sizes[0]);
 
     for (int it = 0; it < T; ++it) {
       // Compute set: per-row packets of step t = T-1-it.
       for (int l = 0; l < L; ++l) {
         for (int b = 0; b < B; ++b) {
           LifRow& r = net.rows[l][b];
+          // Both slot-gradient vertices read the row's records and fill
+          // its slot packet; they differ in where the gradient comes from.
+          auto slotGrad = [&](auto& v, const char* vertex) {
+            v.recIds.bind(r.recIds.data(), r.recIds.size());
+            v.recSur.bind(r.recSur.data(), r.recSur.size());
+            v.iteration.bind(&r.slotIteration);
+            v.slotIds.bind(r.slotIds.data(), r.slotIds.size());
+            v.slotGrad.bind(r.slotGrad.data(), r.slotGrad.size());
+            run(v, where(vertex, l, -1, b));
+          };
           if (l == L - 1) {
             SnnSlotGradFromLogits v;
             v.gradLogits.bind(gradLogits + static_cast<size_t>(b) * nL, nL);
-            v.recIds.bind(r.recIds.data(), r.recIds.size());
-            v.recSur.bind(r.recSur.data(), r.recSur.size());
-            v.iteration.bind(&r.slotIteration);
-            v.slotIds.bind(r.slotIds.data(), r.slotIds.size());
-            v.slotGrad.bind(r.slotGrad.data(), r.slotGrad.size());
-            run(v, where("SnnSlotGradFromLogits", l, -1, b));
+            slotGrad(v, "SnnSlotGradFromLogits");
           } else {
             SnnSlotGradFromDs v;
             v.ds.bind(r.ds.data(), r.ds.size());
-            v.recIds.bind(r.recIds.data(), r.recIds.size());
-            v.recSur.bind(r.recSur.data(), r.recSur.size());
-            v.iteration.bind(&r.slotIteration);
-            v.slotIds.bind(r.slotIds.data(), r.slotIds.size());
-            v.slotGrad.bind(r.slotGrad.data(), r.slotGrad.size());
-            run(v, where("SnnSlotGradFromDs", l, -1, b));
+            slotGrad(v, "SnnSlotGradFromDs");
           }
           if (l + 1 < L) {
             SnnPresynFromRecord v;
@@ -703,17 +720,7 @@ int snn_host_lif_grad(const char* attributes, const float* gradLogits, const int
           }
         }
       }
-      for (int b = 0; b < B; ++b) {
-        SnnInputStep v;
-        v.allIds.bind(inIds + static_cast<size_t>(b) * T * K0, static_cast<size_t>(T) * K0);
-        v.allCount.bind(inCount + static_cast<size_t>(b) * T, T);
-        v.iteration.bind(&inIteration[b]);
-        v.ids.bind(at(in0Ids, static_cast<size_t>(b) * K0), K0);
-        v.count.bind(&in0Count[b]);
-        v.inputs = sizes[0];
-        v.reverse = 1;
-        run(v, where("SnnInputStep", -1, -1, b));
-      }
+      inputs.step(1);
       // Exchange: slot packets and presynaptic packets to the slices.
       for (int l = 0; l < L; ++l) {
         const int K = caps[l], Kp = l == 0 ? K0 : caps[l - 1];
@@ -723,9 +730,9 @@ int snn_host_lif_grad(const char* attributes, const float* gradLogits, const int
             std::memcpy(at(t.slotIds, static_cast<size_t>(b) * K), r.slotIds.data(), sizeof(int) * K);
             std::memcpy(at(t.slotGrad, static_cast<size_t>(b) * K), r.slotGrad.data(), sizeof(float) * K);
             if (l == 0) {
-              std::memcpy(at(t.preIds, static_cast<size_t>(b) * Kp), &in0Ids[static_cast<size_t>(b) * K0],
+              std::memcpy(at(t.preIds, static_cast<size_t>(b) * Kp), &inputs.ids[static_cast<size_t>(b) * K0],
                           sizeof(int) * Kp);
-              t.preCount[b] = in0Count[b];
+              t.preCount[b] = inputs.count[b];
             } else {
               const LifRow& q = net.rows[l - 1][b];
               std::memcpy(at(t.preIds, static_cast<size_t>(b) * Kp), q.preIds.data(), sizeof(int) * Kp);

@@ -1,107 +1,32 @@
-// SnnSelectSpikes: turns a dense membrane potential into the fixed-capacity
-// sparse spike format (ids / count / values), and its surrogate-gradient op.
-//
-// Slots beyond the real spikes are handed to "gradient carriers", neurons
-// close enough to threshold (u > threshold2) that the surrogate derivative is
-// worth propagating even though they did not fire.
+// CPU kernels of SnnSelectSpikes and SnnSelectSpikesGrad (registered, with
+// the meaning of their outputs, in select_spikes_ops.cc).
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <limits>
 
-#include "tensorflow/core/framework/op.h"
+#include "absl/strings/str_cat.h"
+#include "common/threading.h"
+#include "common/validate.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/util/work_sharder.h"
-#include "shard_work.h"
+#include "tensorflow/core/platform/errors.h"
 
 namespace tensorflow {
+namespace snn {
 namespace {
 
-using snn::ShardWork;
-using shape_inference::DimensionHandle;
-using shape_inference::InferenceContext;
-using shape_inference::ShapeHandle;
-
-REGISTER_OP("SnnSelectSpikes")
-    .Input("u: float")
-    .Input("threshold: float")
-    .Input("threshold2: float")
-    .Output("ids: int32")
-    .Output("count: int32")
-    .Output("dropped: int32")
-    .Output("values: float")
-    .Attr("capacity: int >= 1")
-    // Not used by the forward computation; it lives here so the registered
-    // Python gradient can read it from the op and pass it to the grad op.
-    .Attr("beta: float = 10.0")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle u, threshold, threshold2;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &u));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &threshold));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &threshold2));
-      DimensionHandle n;
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(u, 1), c->Dim(threshold, 0), &n));
-      TF_RETURN_IF_ERROR(c->Merge(n, c->Dim(threshold2, 0), &n));
-      int64_t capacity;
-      TF_RETURN_IF_ERROR(c->GetAttr("capacity", &capacity));
-      if (c->ValueKnown(n) && capacity > c->Value(n)) {
-        return errors::InvalidArgument("capacity K=", capacity,
-                                       " exceeds the number of neurons n=",
-                                       c->Value(n));
-      }
-      DimensionHandle batch = c->Dim(u, 0);
-      c->set_output(0, c->Matrix(batch, capacity));
-      c->set_output(1, c->Vector(batch));
-      c->set_output(2, c->Vector(batch));
-      c->set_output(3, c->Matrix(batch, capacity));
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Selects up to K = capacity spiking neurons (u >= threshold) per batch row in
-ascending index order, then fills free slots with carriers
-(threshold2 < u < threshold, ascending), then pads with id -1.
-
-ids: [B, K]. count: [B] spikes kept. dropped: [B] spikes that did not fit.
-values: [B, K], 1.0 for k < count, else 0.0.
-)doc");
-
-REGISTER_OP("SnnSelectSpikesGrad")
-    .Input("u: float")
-    .Input("threshold: float")
-    .Input("ids: int32")
-    .Input("grad_values: float")
-    .Output("grad_u: float")
-    .Attr("beta: float = 10.0")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle u, threshold, ids, grad_values;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &u));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &threshold));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &ids));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &grad_values));
-      TF_RETURN_IF_ERROR(c->Merge(ids, grad_values, &ids));
-      DimensionHandle n, batch;
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(u, 1), c->Dim(threshold, 0), &n));
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(u, 0), c->Dim(ids, 0), &batch));
-      c->set_output(0, c->Matrix(batch, n));
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-SuperSpike surrogate gradient of SnnSelectSpikes:
-grad_u[b, ids[b, k]] = grad_values[b, k] / (beta * |u - threshold| + 1)^2
-for every slot with id >= 0 (spikes and carriers); zero elsewhere.
-)doc");
-
-absl::Status ValidateThreshold(const Tensor& t, const char* name,
-                               int64_t n) {
-  if (t.dims() != 1 || t.dim_size(0) != n) {
-    return errors::InvalidArgument(name, " must be a vector of length n = ", n,
-                                   " (u is [B, n]), got shape ",
-                                   t.shape().DebugString());
+// Input 0 is u [B, n], then `thresholds` vectors of length n (threshold,
+// and threshold2 where the op has it); sets *n.
+absl::Status CheckMembrane(OpKernelContext* ctx, int thresholds, int64_t* n) {
+  const Tensor& u = ctx->input(0);
+  TF_RETURN_IF_ERROR(CheckRank(u, 2, "u", "[B, n]"));
+  *n = u.dim_size(1);
+  const char* names[] = {"threshold", "threshold2"};
+  for (int i = 0; i < thresholds; ++i) {
+    TF_RETURN_IF_ERROR(CheckVectorLength(ctx->input(1 + i), *n, names[i],
+                                         absl::StrCat("n = ", *n), "u is [B, n]"));
   }
   return absl::OkStatus();
 }
@@ -114,13 +39,9 @@ class SelectSpikesOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& u_tensor = ctx->input(0);
-    OP_REQUIRES(ctx, u_tensor.dims() == 2,
-                errors::InvalidArgument("u must be a matrix [B, n], got shape ",
-                                        u_tensor.shape().DebugString()));
+    int64_t n;
+    OP_REQUIRES_OK(ctx, CheckMembrane(ctx, 2, &n));
     const int64_t batch = u_tensor.dim_size(0);
-    const int64_t n = u_tensor.dim_size(1);
-    OP_REQUIRES_OK(ctx, ValidateThreshold(ctx->input(1), "threshold", n));
-    OP_REQUIRES_OK(ctx, ValidateThreshold(ctx->input(2), "threshold2", n));
     OP_REQUIRES(ctx, capacity_ <= n,
                 errors::InvalidArgument("capacity K=", capacity_,
                                         " exceeds the number of neurons n=",
@@ -199,12 +120,15 @@ class SelectSpikesOp : public OpKernel {
       }
     };
     // Per row (measured): about half a cycle per neuron.
-    ShardWork(ctx, batch, n / 2 + capacity_, work);
+    CpuPool(ctx).Shard(batch, n / 2 + capacity_, work);
   }
 
  private:
   int64_t capacity_;
 };
+
+REGISTER_KERNEL_BUILDER(Name("SnnSelectSpikes").Device(DEVICE_CPU),
+                        SelectSpikesOp);
 
 class SelectSpikesGradOp : public OpKernel {
  public:
@@ -219,21 +143,15 @@ class SelectSpikesGradOp : public OpKernel {
     const Tensor& u_tensor = ctx->input(0);
     const Tensor& ids_tensor = ctx->input(2);
     const Tensor& gv_tensor = ctx->input(3);
-    OP_REQUIRES(ctx, u_tensor.dims() == 2,
-                errors::InvalidArgument("u must be a matrix [B, n], got shape ",
-                                        u_tensor.shape().DebugString()));
+    int64_t n;
+    OP_REQUIRES_OK(ctx, CheckMembrane(ctx, 1, &n));
     const int64_t batch = u_tensor.dim_size(0);
-    const int64_t n = u_tensor.dim_size(1);
-    OP_REQUIRES_OK(ctx, ValidateThreshold(ctx->input(1), "threshold", n));
     OP_REQUIRES(ctx, ids_tensor.dims() == 2 && ids_tensor.dim_size(0) == batch,
                 errors::InvalidArgument(
                     "ids must be a matrix [B, K] with B = ", batch,
                     ", got shape ", ids_tensor.shape().DebugString()));
-    OP_REQUIRES(ctx, gv_tensor.shape() == ids_tensor.shape(),
-                errors::InvalidArgument(
-                    "grad_values shape ", gv_tensor.shape().DebugString(),
-                    " must equal ids shape ",
-                    ids_tensor.shape().DebugString()));
+    OP_REQUIRES_OK(ctx,
+                   CheckSameShape(gv_tensor, "grad_values", ids_tensor, "ids"));
     const int64_t cap = ids_tensor.dim_size(1);
     const int32* ids = ids_tensor.flat<int32>().data();
     for (int64_t s = 0; s < batch * cap; ++s) {
@@ -283,17 +201,16 @@ class SelectSpikesGradOp : public OpKernel {
       }
     };
     // Per row: zeroing (vectorised) plus a few dependent loads per slot.
-    ShardWork(ctx, batch, io.n / 16 + 10 * cap, work);
+    CpuPool(ctx).Shard(batch, io.n / 16 + 10 * cap, work);
   }
 
  private:
   float beta_;
 };
 
-REGISTER_KERNEL_BUILDER(Name("SnnSelectSpikes").Device(DEVICE_CPU),
-                        SelectSpikesOp);
 REGISTER_KERNEL_BUILDER(Name("SnnSelectSpikesGrad").Device(DEVICE_CPU),
                         SelectSpikesGradOp);
 
 }  // namespace
+}  // namespace snn
 }  // namespace tensorflow

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from snn_runner.backend.cpu import GRAPH_MODE
+
+__all__ = ["GRAPH_MODE", "Steps", "cross_entropy", "rate_penalty"]
+
 
 def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-sample softmax cross-entropy of summed output spikes against labels."""
@@ -11,21 +15,29 @@ def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 
 
 class Steps:
-    """Holds the traced tf.functions for one model, optimizer and input shape."""
+    """The train, evaluate and spike-recording steps of one model, compiled by its backend.
 
-    def __init__(self, model, params, optimizer, time_steps: int, capacity: int, rate_penalty=None):
+    ``mode`` says how they were compiled (the backend's ``mode``; on the CPU
+    ``GRAPH_MODE``), for the run's record.
+    """
+
+    def __init__(self, model, params, optimizer, time_steps: int, capacity: int, rate_penalty, backend):
+        if model.backend is not backend:
+            # the record names `backend`; the model's ops must be that backend's
+            raise ValueError(f"the model was built for backend {model.backend.name!r}, not {backend.name!r}")
         self.model = model
         self.params = params
         self.optimizer = optimizer
         self.rate_penalty = rate_penalty  # callable(spikes per layer, batch) -> scalar, or None
+        self.mode = backend.mode
         signature = (
             tf.TensorSpec([None, time_steps, capacity], tf.int32),
             tf.TensorSpec([None, time_steps], tf.int32),
             tf.TensorSpec([None], tf.int64),
         )
-        self.train = tf.function(self._train, input_signature=signature)
-        self.evaluate = tf.function(self._evaluate, input_signature=signature)
-        self.spike_trains = tf.function(model.spike_trains, input_signature=signature[:2])
+        self.train = backend.compile(self._train, signature)
+        self.evaluate = backend.compile(self._evaluate, signature)
+        self.spike_trains = backend.compile(model.spike_trains, signature[:2])
 
     def _outputs(self, out, losses, labels):
         correct = tf.reduce_sum(tf.cast(tf.argmax(out.logits, axis=1) == labels, tf.int32))

@@ -1,5 +1,5 @@
-// SnnSparseBinaryMatmul: y = (sparse spike vector) x (transposed weights),
-// and its gradient op.
+// CPU kernels of SnnSparseBinaryMatmul and SnnSparseBinaryMatmulGrad
+// (registered, with their semantics, in sparse_binary_matmul_ops.cc).
 //
 // Weights are stored [n_in, n_out] so that the contribution of presynaptic
 // neuron j is one contiguous row; every loop below is organised around
@@ -8,95 +8,18 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <limits>
 #include <vector>
 
-#include "tensorflow/core/framework/op.h"
+#include "common/threading.h"
+#include "common/validate.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/util/work_sharder.h"
-#include "shard_work.h"
+#include "tensorflow/core/platform/errors.h"
 
 namespace tensorflow {
+namespace snn {
 namespace {
-
-using snn::kMinParallelCycles;
-using snn::ShardWork;
-using shape_inference::DimensionHandle;
-using shape_inference::InferenceContext;
-using shape_inference::ShapeHandle;
-
-// Rank/shape agreement shared by the forward and gradient shape functions.
-// On success *batch is the merged batch dimension and *slots the merged
-// [B, K] shape of ids/values.
-absl::Status SpikeInputShapes(InferenceContext* c, ShapeHandle* weights,
-                              ShapeHandle* slots, DimensionHandle* batch) {
-  ShapeHandle ids, count, values;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, weights));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &ids));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &count));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &values));
-  TF_RETURN_IF_ERROR(c->Merge(ids, values, slots));
-  TF_RETURN_IF_ERROR(c->Merge(c->Dim(*slots, 0), c->Dim(count, 0), batch));
-  return absl::OkStatus();
-}
-
-REGISTER_OP("SnnSparseBinaryMatmul")
-    .Input("weights: float")
-    .Input("ids: int32")
-    .Input("count: int32")
-    .Input("values: float")
-    .Output("y: float")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle weights, slots;
-      DimensionHandle batch;
-      TF_RETURN_IF_ERROR(SpikeInputShapes(c, &weights, &slots, &batch));
-      c->set_output(0, c->Matrix(batch, c->Dim(weights, 1)));
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-y[b, :] = sum_{k < count[b]} values[b, k] * weights[ids[b, k], :].
-
-weights: [n_in, n_out], row j holds the outgoing weights of neuron j.
-ids: [B, K] spiking neuron ids in the first count[b] slots, then gradient
-  carriers (ids >= 0, ignored here) and padding (-1).
-count: [B] number of spikes per batch row, 0 <= count <= K.
-values: [B, K] spike values (1.0 for real spikes); carried so that autodiff
-  can deliver d(loss)/d(slot) to the op that selected the spikes.
-)doc");
-
-REGISTER_OP("SnnSparseBinaryMatmulGrad")
-    .Input("weights: float")
-    .Input("ids: int32")
-    .Input("count: int32")
-    .Input("values: float")
-    .Input("grad_y: float")
-    .Output("grad_weights: float")
-    .Output("grad_values: float")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle weights, slots, grad_y;
-      DimensionHandle batch;
-      TF_RETURN_IF_ERROR(SpikeInputShapes(c, &weights, &slots, &batch));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &grad_y));
-      TF_RETURN_IF_ERROR(
-          c->Merge(grad_y, c->Matrix(batch, c->Dim(weights, 1)), &grad_y));
-      DimensionHandle n_out;
-      TF_RETURN_IF_ERROR(
-          c->Merge(c->Dim(weights, 1), c->Dim(grad_y, 1), &n_out));
-      c->set_output(0, c->Matrix(c->Dim(weights, 0), n_out));
-      c->set_output(1, c->Matrix(batch, c->Dim(slots, 1)));
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Gradient of SnnSparseBinaryMatmul.
-
-grad_weights[ids[b, k], :] += values[b, k] * grad_y[b, :] for k < count[b]
-  (all other rows are zero).
-grad_values[b, k] = dot(weights[ids[b, k], :], grad_y[b, :]) for every slot
-  whose id >= 0, including carriers beyond count[b]; 0 for padding.
-)doc");
 
 // Everything a kernel needs after validation, as raw pointers. Lambdas handed
 // to the thread pool capture a reference to this (plus at most one pointer),
@@ -116,25 +39,10 @@ struct SpikeView {
 absl::Status ValidateSpikeInputs(const Tensor& weights, const Tensor& ids,
                                  const Tensor& count, const Tensor& values,
                                  SpikeView* view) {
-  if (weights.dims() != 2) {
-    return errors::InvalidArgument(
-        "weights must be a matrix [n_in, n_out], got shape ",
-        weights.shape().DebugString());
-  }
-  if (ids.dims() != 2) {
-    return errors::InvalidArgument("ids must be a matrix [B, K], got shape ",
-                                   ids.shape().DebugString());
-  }
-  if (count.dims() != 1) {
-    return errors::InvalidArgument("count must be a vector [B], got shape ",
-                                   count.shape().DebugString());
-  }
-  if (values.shape() != ids.shape()) {
-    return errors::InvalidArgument("values shape ",
-                                   values.shape().DebugString(),
-                                   " must equal ids shape ",
-                                   ids.shape().DebugString());
-  }
+  TF_RETURN_IF_ERROR(CheckRank(weights, 2, "weights", "[n_in, n_out]"));
+  TF_RETURN_IF_ERROR(CheckRank(ids, 2, "ids", "[B, K]"));
+  TF_RETURN_IF_ERROR(CheckRank(count, 1, "count", "[B]"));
+  TF_RETURN_IF_ERROR(CheckSameShape(values, "values", ids, "ids"));
   if (count.dim_size(0) != ids.dim_size(0)) {
     return errors::InvalidArgument("count has ", count.dim_size(0),
                                    " entries but ids has batch size ",
@@ -301,9 +209,12 @@ class SparseBinaryMatmulOp : public OpKernel {
     };
     // Per batch row (measured): ~1/5 cycle per element of each gathered row.
     const int64_t avg_spikes = v.total_spikes / v.batch;
-    ShardWork(ctx, v.batch, v.n_out * (avg_spikes + 1) / 5 + 1, work);
+    CpuPool(ctx).Shard(v.batch, v.n_out * (avg_spikes + 1) / 5 + 1, work);
   }
 };
+
+REGISTER_KERNEL_BUILDER(Name("SnnSparseBinaryMatmul").Device(DEVICE_CPU),
+                        SparseBinaryMatmulOp);
 
 class SparseBinaryMatmulGradOp : public OpKernel {
  public:
@@ -444,19 +355,18 @@ class SparseBinaryMatmulGradOp : public OpKernel {
     if (2 * n_slots * v.n_out / 5 < kMinParallelCycles) {
       rows_work(0, v.n_in);
     } else {
-      ShardWork(ctx, v.n_in,
-                v.n_out * (5 * v.n_in + 8 * n_slots) / (20 * v.n_in) + 1,
-                rows_work);
+      CpuPool(ctx).Shard(
+          v.n_in, v.n_out * (5 * v.n_in + 8 * n_slots) / (20 * v.n_in) + 1,
+          rows_work);
     }
     const int64_t n_entries = row_start[v.n_in];
     for (int64_t e = 0; e < n_entries; ++e) grad_v[slot_of[e]] = staged[e];
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("SnnSparseBinaryMatmul").Device(DEVICE_CPU),
-                        SparseBinaryMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("SnnSparseBinaryMatmulGrad").Device(DEVICE_CPU),
                         SparseBinaryMatmulGradOp);
 
 }  // namespace
+}  // namespace snn
 }  // namespace tensorflow
