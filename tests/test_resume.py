@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from snn_runner.results.store import read_result
-from snn_runner.runner.checkpoint import INTERRUPTED_EXIT_CODE
+from snn_runner.runner.signals import INTERRUPTED_EXIT_CODE
 
 JOB = """
 name: resume

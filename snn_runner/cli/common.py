@@ -80,7 +80,7 @@ def reject_options_with_job(ctx, job: Path, keep: tuple[str, ...] = ()) -> None:
 
 
 def exit_interrupted(err) -> None:
-    from snn_runner.runner.checkpoint import INTERRUPTED_EXIT_CODE
+    from snn_runner.runner.signals import INTERRUPTED_EXIT_CODE
 
     click.echo(f"interrupted: {err}", err=True)
     sys.exit(INTERRUPTED_EXIT_CODE)

@@ -73,7 +73,7 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
     Exit codes: 0 done, 1 failed, 2 bad input, 75 stopped by SIGTERM/SIGUSR2
     after saving a checkpoint (run the same command again to resume).
     """
-    from snn_runner.runner.checkpoint import Interrupted, StopOnSignal
+    from snn_runner.runner.signals import Interrupted, StopOnSignal
 
     if job is not None:
         reject_options_with_job(ctx, job)
@@ -106,7 +106,7 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
 
 
 def _train_job(job, task_spec, output_dir):
-    from snn_runner.runner.checkpoint import Interrupted, StopOnSignal
+    from snn_runner.runner.signals import Interrupted, StopOnSignal
     from snn_runner.dispatch import SKIPPED, run_train_task
 
     if job.kind != "train":

@@ -11,7 +11,6 @@ previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +18,6 @@ import h5py
 import numpy as np
 
 from snn_runner.files import atomic_h5
-
-INTERRUPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", the run can be resumed
-
 
 @dataclass
 class TrainState:
@@ -77,42 +73,3 @@ class CheckpointMismatch(RuntimeError):
 
 class CheckpointCorrupt(RuntimeError):
     pass
-
-
-class Interrupted(RuntimeError):
-    """Training stopped on a signal after saving a checkpoint."""
-
-
-class StopOnSignal:
-    """Turns SIGTERM/SIGUSR2 into a flag the training loop polls between steps.
-
-    Stopping between steps (not inside one) is what makes the saved state
-    consistent. Previous handlers are restored on exit.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
-
-    def __init__(self, signals=SIGNALS):
-        self.signals = signals
-        self.received: int | None = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __enter__(self) -> "StopOnSignal":
-        for s in self.signals:
-            self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def previous_handler(self, signum):
-        """The handler that was installed before this one (e.g. submitit's requeue)."""
-        return self._previous.get(signum)
-
-    @property
-    def requested(self) -> bool:
-        return self.received is not None

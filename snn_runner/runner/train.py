@@ -21,7 +21,8 @@ from snn_runner.config import RunConfig
 from snn_runner.data import load_dataset
 from snn_runner.data.events import EventSet
 from snn_runner.runner import checkpoint
-from snn_runner.runner.checkpoint import Interrupted, StopOnSignal, TrainState
+from snn_runner.runner.checkpoint import TrainState
+from snn_runner.runner.signals import Interrupted, StopOnSignal
 from snn_runner.runner.progress import EpochProgress
 
 RECORDED_SAMPLES = 4  # test samples whose spikes are stored in the result file

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import submitit
 
-from snn_runner.runner.checkpoint import INTERRUPTED_EXIT_CODE, Interrupted, StopOnSignal
+from snn_runner.runner.signals import INTERRUPTED_EXIT_CODE, Interrupted, StopOnSignal
 
 
 def _log(line: str) -> None:
