@@ -99,6 +99,7 @@ class DataConfig:
         _check_min("data.train_samples_per_class", self.train_samples_per_class, 1)
         _check_min("data.test_samples_per_class", self.test_samples_per_class, 1)
         _check_range("data.spike_window", self.spike_window, 0.0, 1.0, "in (0, 1]", lo_open=True)
+        _check_seed("data.seed", self.seed)
         if self.dataset == "random" and not 1 <= self.input_capacity <= self.channels:
             _fail("data.input_capacity", self.input_capacity,
                   f"the input events per step of the random dataset, 1 to data.channels={self.channels}")
@@ -133,6 +134,7 @@ class TrainConfig:
         _check_min("train.epochs", self.epochs, 1)
         _check_min("train.batch_size", self.batch_size, 1)
         _check_positive("train.learning_rate", self.learning_rate)
+        _check_seed("train.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,8 @@ class RunConfig:
         parts = {}
         for f in dataclasses.fields(cls):
             sub_cls = type(getattr(cls(), f.name))
-            parts[f.name] = section_from_dict(sub_cls, raw.get(f.name) or {}, f"{where}: {f.name}")
+            section = raw.get(f.name)
+            parts[f.name] = section_from_dict(sub_cls, {} if section is None else section, f"{where}: {f.name}")
         return cls(**parts).validate()
 
     def replace(self, section: str, **changes: Any) -> "RunConfig":
@@ -240,7 +243,7 @@ class BenchConfig:
 
 def section_from_dict(section_cls, raw: dict[str, Any], where: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {_short(raw)} ({type(raw).__name__})")
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
     reject_unknown(raw, set(fields), where)
     defaults = section_cls()
@@ -250,32 +253,79 @@ def section_from_dict(section_cls, raw: dict[str, Any], where: str):
     return section_cls(**values)
 
 
+# Integers beyond this are a typo (or an attack on memory), never a size or a count.
+INT_LIMIT = 2**62
+# numpy's and TensorFlow's seeds: 0 <= seed < 2**32
+SEED_LIMIT = 2**32
+# Float fields where an infinity has a meaning (threshold2_fraction: -inf makes every neuron a carrier).
+INFINITE_OK = ("threshold2_fraction",)
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     # Types follow the defaults: YAML gives ints for floats like "1" and lists
     # for tuples; anything else is a user error worth naming.
+    key = where.rsplit(".", 1)[-1]
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _bounded_int(value, key, where)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return _bounded_int(int(value), key, where)  # 1e6 or 1.0e+3 written for an integer
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer like {default!r}, got the boolean {value!r}")
     elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and value.strip().lower() in ("-inf", "-.inf"):
-            return -math.inf
+        number = None
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number like {default!r}, got the boolean {value!r}")
+        if isinstance(value, (int, float)):
+            number = float(value) if abs(value) < 1e308 or isinstance(value, float) else math.inf
+        elif isinstance(value, str):
+            # YAML 1.1 reads 1e-3 (no dot) as a string; it is the number the user means.
+            text = value.strip().lower()
+            if text in ("-.inf", ".inf", "+.inf"):
+                text = text.replace(".", "")
+            try:
+                number = float(text)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number like {default!r}, got the text {value!r}") from None
+        if number is not None:
+            if math.isnan(number):
+                raise ConfigError(f"{where}: expected a number like {default!r}, got NaN")
+            if math.isinf(number) and not (key in INFINITE_OK and number < 0):
+                allowed = "; only -inf is allowed here" if key in INFINITE_OK else "; expected a finite number"
+                raise ConfigError(f"{where}: invalid value {value!r}{allowed}")
+            return number
     elif isinstance(default, str):
         if isinstance(value, str):
+            if any(ord(c) < 32 and c not in "\t" for c in value):
+                raise ConfigError(f"{where}: {value!r} contains control characters; expected plain text")
             return value
     elif isinstance(default, tuple):
         # element type from the default: ints for layer sizes, else strings
         kind = int if default and isinstance(default[0], int) else str
         if isinstance(value, (list, tuple)) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{where}: expected a list of {kind.__name__}s, got {value!r}")
+            if kind is int:
+                return tuple(_bounded_int(v, key, where) for v in value)
+            return tuple(_coerce(v, "", where) for v in value)
+        raise ConfigError(f"{where}: expected a list of {kind.__name__}s, got {_short(value)}")
     raise ConfigError(
-        f"{where}: expected {type(default).__name__} like {default!r}, got {value!r} ({type(value).__name__})"
+        f"{where}: expected {type(default).__name__} like {default!r}, got {_short(value)} ({type(value).__name__})"
     )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _bounded_int(value: int, key: str, where: str) -> int:
+    if key == "seed" and not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{where}: invalid value {value}; expected a seed from 0 to {SEED_LIMIT - 1}")
+    if abs(value) >= INT_LIMIT:
+        raise ConfigError(f"{where}: invalid value {_short(value, 30)}; expected an integer below 2**62")
+    return value
 
 
 def reject_unknown(raw: dict[str, Any], known: set[str], where: str) -> None:
@@ -293,6 +343,11 @@ def _fail(key: str, value: Any, allowed: str) -> None:
 def _check_min(key: str, value: int, lo: int) -> None:
     if value < lo:
         _fail(key, value, f"an integer >= {lo}")
+
+
+def _check_seed(key: str, value: int) -> None:
+    if not 0 <= value < SEED_LIMIT:
+        _fail(key, value, f"a seed from 0 to {SEED_LIMIT - 1}")
 
 
 def _check_positive(key: str, value: float) -> None:

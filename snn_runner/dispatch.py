@@ -1,9 +1,11 @@
 """A run or a job's tasks, start to end: the one module above the trainer and the bench.
 
 For every run: resolve the configuration (``auto`` becomes the implementation
-that will run, and that is what gets recorded), skip it when its result is
-already complete, train or time it, write the result file, and only then
-drop the checkpoint. The CLI and the Slurm task both come through here.
+that will run, and that is what gets recorded), check that the output folder
+can be written, take the result's run lock (one writer per result), skip it
+when its result is already complete, train or time it, write the result
+file, and only then drop the checkpoint. The CLI and the Slurm task both come
+through here.
 """
 
 from __future__ import annotations
@@ -14,10 +16,23 @@ from typing import Callable
 
 from snn_runner.config import RunConfig
 from snn_runner.files import checkpoint_for
+from snn_runner.files.lock import check_writable, run_lock
 from snn_runner.jobs import Job, Task
+from snn_runner.runner.budget import check_memory
 from snn_runner.results.schema import is_complete
 
 SKIPPED = "skipped"
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """See ``snn_runner.model.resolve``: imported late, so importing dispatch does not start TensorFlow."""
+    from snn_runner.model import resolve as resolve_model
+
+    return resolve_model(cfg)
+
+
+class ResultExists(FileExistsError):
+    """A run was pointed at a result file that is already there."""
 
 
 @dataclass
@@ -29,48 +44,59 @@ class RunSummary:
     epochs: int
 
 
-def resolve(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with ``model.implementation`` as it will run (the only place ``auto`` is decided)."""
-    if cfg.model.implementation != "auto":
-        return cfg
-    from snn_runner.model import resolve_implementation
-
-    implementation = resolve_implementation("auto")
-    if implementation == "sparse_layer" and cfg.train.rate_strength > 0:
-        implementation = "sparse_ops"  # the fastest one whose gradient covers the activity regulariser
-    return cfg.replace("model", implementation=implementation)
-
-
 def task_attrs(job: Job, task: Task) -> dict:
     return {"job_name": job.name, "job_file": str(job.path), "task_index": task.index, "task_id": task.task_id}
 
 
-def run_training(cfg: RunConfig, result: Path, log: Callable[[str], None] = print, stop=None,
-                 attrs: dict | None = None) -> RunSummary:
-    """Train ``cfg`` (resuming from its checkpoint) and write the result file ``result``."""
+def _train_into(cfg: RunConfig, result: Path, log, stop, attrs: dict | None) -> RunSummary:
     from snn_runner.results.store import write_train_result
     from snn_runner.runner.train import train
 
-    cfg = resolve(cfg)
-    result = Path(result)
     ckpt = checkpoint_for(result)
     record = train(cfg, ckpt, log=log, stop=stop)
+    from snn_runner.results.network import SavedNetwork
+
     write_train_result(result, cfg.to_dict(), {**record.attrs, **(attrs or {})}, record.rows, record.step_seconds,
-                       record.compile_seconds, record.mode, record.spikes)
+                       record.compile_seconds, record.mode, record.spikes, network=SavedNetwork(**record.network))
     ckpt.unlink(missing_ok=True)  # only once the result is safely in place
     last = record.rows[-1]
     return RunSummary(result, cfg.model.implementation, last["test_accuracy"], last["test_loss"], len(record.rows))
 
 
+def run_training(cfg: RunConfig, result: Path, log: Callable[[str], None] = print, stop=None,
+                 attrs: dict | None = None) -> RunSummary:
+    """Train ``cfg`` (resuming from its checkpoint) into the new result file ``result``.
+
+    Refuses a result that already exists and a result another run is writing.
+    """
+    cfg = resolve(cfg)
+    result = Path(result)
+    check_writable(result.parent)
+    with run_lock(result, log=log):
+        if result.exists():
+            raise ResultExists(f"{result} already exists; choose another output file (-o) or delete it first")
+        return _train_into(cfg, result, log, stop, attrs)
+
+
 def run_train_task(job: Job, task: Task, output_dir: Path | None = None, log: Callable[[str], None] = print,
-                   stop=None):
-    """Train one task unless its result is already complete; resumes from a checkpoint."""
+                   stop=None, wait_s: float = 0.0):
+    """Train one task unless its result is already complete; resumes from a checkpoint.
+
+    A task another process is running is waited for up to ``wait_s`` seconds
+    (then refused); if that run finished it, the task counts as done.
+    """
     path = job.result(task, output_dir)
-    if is_complete(path):
-        log(f"task {task.index} ({task.task_id}): already done: {path}")
+    done = job.existing_result(task, output_dir, is_complete)  # under any index: the id is the identity
+    if done is not None:
+        log(f"task {task.index} ({task.task_id}): already done: {done}")
         return SKIPPED
-    log(f"task {task.index} ({task.task_id}) {task.overrides or ''} -> {path}")
-    return run_training(task.config, path, log=log, stop=stop, attrs=task_attrs(job, task))
+    check_writable(path.parent)
+    with run_lock(path, wait_s, log):
+        if is_complete(path):
+            log(f"task {task.index} ({task.task_id}): done meanwhile by another run: {path}")
+            return SKIPPED
+        log(f"task {task.index} ({task.task_id}) {task.overrides or ''} -> {path}")
+        return _train_into(resolve(task.config), path, log, stop, task_attrs(job, task))
 
 
 def run_bench_tasks(job: Job, tasks: list[Task], output_dir: Path | None = None,
@@ -82,13 +108,18 @@ def run_bench_tasks(job: Job, tasks: list[Task], output_dir: Path | None = None,
     records = []
     for task in tasks:
         path = job.result(task, output_dir)
-        if is_complete(path):
-            log(f"task {task.index} ({task.task_id}): already done: {path}")
+        done = job.existing_result(task, output_dir, is_complete)
+        if done is not None:
+            log(f"task {task.index} ({task.task_id}): already done: {done}")
             continue
+        check_writable(path.parent)
         cfg = resolve(task.config)
-        rec = run_case_isolated(cfg, task.bench)
-        attrs = {**task_attrs(job, task), "implementation": cfg.model.implementation, "backend": cfg.train.backend}
-        write_bench_result(path, cfg.to_dict(), attrs, rec)
+        check_memory(cfg)
+        with run_lock(path, log=log):
+            rec = run_case_isolated(cfg, task.bench)
+            attrs = {**task_attrs(job, task), "implementation": cfg.model.implementation,
+                     "backend": cfg.train.backend}
+            write_bench_result(path, cfg.to_dict(), attrs, rec)
         log(f"task {task.index} ({task.task_id}) {cfg.model.implementation} max_activity {rec['max_activity']}: "
             f"step {rec['step_ms_median']:.1f} ms, forward {rec['forward_ms_median']:.1f} ms -> {path}")
         records.append(rec)

@@ -26,7 +26,7 @@ LAYERS = [
     ("model",),      # the three implementations, compiled steps
     ("runner", "bench"),  # training loop, timing
     ("results",),    # HDF5 results, collect, report
-    ("dispatch",),   # runs and tasks, start to end
+    ("dispatch", "evaluate", "export"),  # runs and tasks start to end; a saved network run again or exported
     ("slurm",),      # submit, the in-job task, status
     ("cli",),        # the commands
 ]

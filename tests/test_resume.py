@@ -39,7 +39,7 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP])
 def test_signal_saves_checkpoint_and_resume_reproduces_the_run(tmp_path, signum, uninterrupted):
     (tmp_path / "job.yaml").write_text(JOB)
     proc = subprocess.Popen(cli("train", "job.yaml", "--output-dir", "killed", cwd=tmp_path), cwd=tmp_path,

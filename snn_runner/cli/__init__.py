@@ -8,6 +8,8 @@ import click
 # drowns the progress lines in batch logs); --verbose turns it back on.
 from snn_runner import console
 from snn_runner.cli.bench import bench
+from snn_runner.cli.evaluate import evaluate
+from snn_runner.cli.export import export
 from snn_runner.cli.jobs import status, submit, sweep
 from snn_runner.cli.results import collect, inspect, report
 from snn_runner.cli.train import train
@@ -30,7 +32,7 @@ def cli(verbose: bool):
         console.set_verbose(True)
 
 
-for _command in (train, bench, sweep, submit, status, collect, report, inspect, data):
+for _command in (train, bench, evaluate, export, sweep, submit, status, collect, report, inspect, data):
     cli.add_command(_command)
 
 

@@ -75,9 +75,15 @@ def bench(ctx, job, task_spec, output_dir, network, implementations, activities,
         raise click.ClickException(f"the sparse implementations need the compiled ops at {library.library_path()}; "
                                    "build them with scripts/build-ops (./run does it on first use)")
     activities = list(activities) or [0.01, 0.02, 0.05, 0.1]
+    from snn_runner.bench.suite import case_config
+    from snn_runner.runner.budget import check_memory
+
+    spec = BenchConfig(network, steps=steps, warmup=warmup).validate()
+    with runtime_errors():
+        for impl in implementations:  # a case that cannot fit is refused before any is timed
+            check_memory(case_config(spec, impl, activities[0]))
     try:
-        records = run_suite(BenchConfig(network, steps=steps, warmup=warmup).validate(), implementations,
-                            activities, log)
+        records = run_suite(spec, implementations, activities, log)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     log("")

@@ -39,21 +39,39 @@ def load_job_or_fail(path: Path):
         raise click.UsageError(str(err)) from None
 
 
+def parse_task_spec(spec: str, count: int, where: str, option: str = "--task") -> list[int]:
+    """Task indices of a list like ``3`` or ``0-9,12``, checked against ``count`` before anything is expanded."""
+    def bad(reason: str):
+        return click.BadParameter(f"{spec!r} {reason}", param_hint=option)
+
+    ranges = []
+    for part in spec.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        if not (lo.strip().isdigit() and lo.strip().isascii()) or (sep and not (hi.strip().isdigit()
+                                                                                 and hi.strip().isascii())):
+            raise bad("is not a task list like 3 or 0-9,12 (non-negative task numbers)")
+        lo, hi = lo.strip()[-19:].rjust(19, "0"), hi.strip()[-19:].rjust(19, "0")
+        a = int(lo) if not part.split("-")[0].strip().lstrip("0")[:-19] else count + 10**19
+        b = (int(hi) if not part.split("-")[1].strip().lstrip("0")[:-19] else count + 10**19) if sep else a
+        if b < a:
+            raise bad(f"has the range {part} running backwards; write {b}-{a}")
+        if b >= count:
+            first = a if a >= count else count
+            raise bad(f"asks for task {first}: task {first} does not exist; {where} has tasks 0-{count - 1}"
+                      if count else f"asks for task {a}, but {where} has no tasks")
+        ranges.append((a, b))
+    wanted = set()
+    for a, b in ranges:  # bounded by count now
+        wanted.update(range(a, b + 1))
+    return sorted(wanted)
+
+
 def select_tasks(job, spec: str | None):
     tasks = job.tasks()
     if spec is None:
         return tasks
-    wanted = set()
-    for part in spec.split(","):
-        try:
-            lo, _, hi = part.partition("-")
-            wanted.update(range(int(lo), int(hi or lo) + 1))
-        except ValueError:
-            raise click.BadParameter(f"{spec!r} is not a task list like 3 or 0-9,12", param_hint="--task") from None
-    bad = sorted(i for i in wanted if i >= len(tasks) or i < 0)
-    if bad:
-        raise click.BadParameter(f"task {bad[0]} does not exist; {job.path} has tasks 0-{len(tasks) - 1}",
-                                 param_hint="--task")
+    wanted = set(parse_task_spec(spec, len(tasks), str(job.path)))
     return [t for t in tasks if t.index in wanted]
 
 
@@ -93,13 +111,16 @@ class runtime_errors:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        from snn_runner.data import DataError
         from snn_runner.backend import IpuUnavailableError
+        from snn_runner.data import DataError
+        from snn_runner.dispatch import ResultExists
+        from snn_runner.files import WriteError
+        from snn_runner.files.lock import OutputNotWritable, RunLocked
         from snn_runner.runner.checkpoint import CheckpointCorrupt, CheckpointMismatch
         from snn_runner.sparse.library import OpsNotBuiltError
 
         fixable = (OpsNotBuiltError, CheckpointCorrupt, CheckpointMismatch, FileNotFoundError, DataError,
-                   IpuUnavailableError)
+                   ResultExists, RunLocked, OutputNotWritable, WriteError, IpuUnavailableError)
         if exc_type is not None and issubclass(exc_type, ConfigError):
             raise click.UsageError(str(exc)) from None
         if exc_type is not None and issubclass(exc_type, fixable):

@@ -28,7 +28,7 @@ def sweep(job, show, output_dir):
     log(f"job {job.name} ({job.kind}): {len(tasks)} task(s), output {output_dir or job.output}")
     if show:
         for t in tasks:
-            path = job.result(t, output_dir)
+            path = job.existing_result(t, output_dir, is_complete) or job.result(t, output_dir)
             state = "done" if is_complete(path) else "todo"
             overrides = " ".join(f"{k}={v}" for k, v in t.overrides.items()) or "(base)"
             log(f"{t.index:4d}  {t.task_id}  {state}  {overrides}  {path}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import time
 from pathlib import Path
 
@@ -29,6 +31,16 @@ from snn_runner.config import (
 )
 
 _defaults = RunConfig()
+
+
+@contextlib.contextmanager
+def stopped_at_once():
+    """A second Ctrl-C does not wait for the step to end; say what is kept."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise click.ClickException("stopped at once by a second Ctrl-C; the checkpoint of the last finished epoch "
+                                   "is kept: run the same command again to resume from it") from None
 
 
 @click.command()
@@ -94,13 +106,16 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
     from snn_runner.dispatch import resolve, run_training
 
     cfg = resolve(cfg)
-    if output is None:
-        output = Path("results") / f"{dataset}-{cfg.model.implementation}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
+    named = output is not None
+    if not named:
+        # the time alone is not unique: runs started together would share a name
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        output = Path("results") / f"{dataset}-{cfg.model.implementation}-{stamp}.h5"
     try:
-        with StopOnSignal() as stop, runtime_errors():
+        with StopOnSignal() as stop, runtime_errors(), stopped_at_once():
             summary = run_training(cfg, output, log=log, stop=stop)
     except Interrupted as err:
-        exit_interrupted(err)
+        exit_interrupted(err if named else f"{err} with -o {output}")
     log(f"result: {summary.path}")
     log(f"final test accuracy: {summary.test_accuracy:.4f}")
 
@@ -114,7 +129,7 @@ def _train_job(job, task_spec, output_dir):
     tasks = select_tasks(job, task_spec)
     log(f"job {job.name}: {len(tasks)} task(s) of {len(job.tasks())}")
     try:
-        with StopOnSignal() as stop, runtime_errors():
+        with StopOnSignal() as stop, runtime_errors(), stopped_at_once():
             for task in tasks:
                 summary = run_train_task(job, task, output_dir, log=log, stop=stop)
                 if summary != SKIPPED:

@@ -10,7 +10,8 @@ Layout (format version ``FORMAT_VERSION``):
   (K_in, or the busiest bin over all splits when K_in is 0), ``created``, and
   ``complete`` = 1, written last;
 - one group per split (``train``, ``test``) with attributes ``channels``,
-  ``classes``, ``time_steps`` and datasets ``ids`` (the kept ids of all
+  ``classes``, ``time_steps``, ``notes`` (JSON list of [sample, text] of
+  non-fatal findings, e.g. empty recordings) and datasets ``ids`` (the kept ids of all
   samples, ragged: bin after bin, sample after sample; gzip), ``count``
   ``[N, T]``, ``labels`` ``[N]``, ``source_index`` ``[N]`` (position of the
   sample in tonic's sorted split) and ``stats/<name>`` ``[N]`` per-sample
@@ -23,7 +24,9 @@ serialise on an ``flock`` of ``<entry>.lock`` so a sweep that starts many tasks
 at once bins the data once; where the file system refuses locks, they build in
 parallel and the last rename wins (both files are identical). A file that
 cannot be read back completely (truncated, foreign, older format) is reported
-by ``read_entry`` as ``CacheEntryInvalid`` and rebuilt by the caller.
+by ``read_entry`` as ``CacheEntryInvalid`` and rebuilt by the caller, and so is
+one whose contents are out of range (ids outside [0, channels), labels outside
+the classes, shapes that disagree).
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ import numpy as np
 from snn_runner.data.errors import CacheError
 from snn_runner.files import atomic_h5, stale_temporaries
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-file source fingerprint, the "empty" counter, split notes
 # Per-sample counters kept next to the tensors, for the report.
 SPLIT_NAMES = ("train", "test")
-STATS = ("events", "denoised", "outside", "duplicates", "capped", "peak")
+STATS = ("events", "denoised", "outside", "duplicates", "capped", "peak", "empty")
+MAX_NOTES = 50  # note lines kept per split (the counters hold the totals)
 _FLUSH_IDS = 1 << 20  # ids buffered before a write to the resizable dataset
 _ID_CHUNK = 1 << 16
 
@@ -65,6 +69,7 @@ class RaggedSplit:
     stats: dict[str, np.ndarray]  # int64 [N] each, keys STATS
     channels: int
     classes: int
+    notes: list = field(default_factory=list)  # [sample position, text] of non-fatal findings
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -111,6 +116,7 @@ class _SplitWriter:
         self.source_index = np.zeros(samples, np.int64)
         self.stats = {name: np.zeros(samples, np.int64) for name in STATS}
         self.n = 0
+        self.notes: list = []
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
 
@@ -119,12 +125,17 @@ class _SplitWriter:
         self.labels[self.n] = label
         self.source_index[self.n] = source_index
         for name in STATS:
-            self.stats[name][self.n] = stats[name]
+            self.stats[name][self.n] = stats.get(name, 0)
         self.n += 1
         self._buffer.append(ids)
         self._buffered += len(ids)
         if self._buffered >= _FLUSH_IDS:
             self._flush()
+
+    def note(self, text: str) -> None:
+        """A non-fatal finding about the sample added next (kept up to ``MAX_NOTES`` per split)."""
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append([self.n, text])
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -146,13 +157,16 @@ class _SplitWriter:
         self.group.create_dataset("source_index", data=self.source_index)
         for name, values in self.stats.items():
             self.group.create_dataset(f"stats/{name}", data=values)
+        self.group.attrs["notes"] = json.dumps(self.notes)
 
 
 class EntryWriter:
     """Context manager: an entry that appears under ``path`` only once ``finish`` was called.
 
-    Goes through the atomic writer; an exception, or leaving without
-    ``finish``, removes the temporary file.
+    Goes through the atomic writer (the entry is built in memory, written
+    whole, read back and renamed); an exception, or leaving without
+    ``finish``, leaves nothing behind. A full disk raises
+    ``snn_runner.files.DiskFullError`` (an ``OSError``) when the block ends.
     """
 
     def __init__(self, path: Path, key: str, params: dict):
@@ -164,13 +178,22 @@ class EntryWriter:
 
     def __enter__(self) -> "EntryWriter":
         try:
-            self.file = self._stack.enter_context(atomic_h5(self.path, locking=False))
+            self.file = self._stack.enter_context(atomic_h5(self.path, verify=self._verify))
         except OSError as err:
             self._stack.close()
             raise CacheError(f"cannot create a cache entry in {self.path.parent}: {err}") from err
         self.file.attrs.update(format_version=FORMAT_VERSION, key=self.key,
                                params=json.dumps(self.params, sort_keys=True), created=time.time())
         return self
+
+    def _verify(self, back: h5py.File) -> None:
+        """Run on the written temporary before the rename: the marker and every split must read back."""
+        if back.attrs.get("complete") != 1 or back.attrs.get("key") != self.key:
+            raise CacheEntryInvalid("incomplete")
+        for name, group in back.items():
+            for dataset in ("ids", "count", "labels", "source_index"):
+                if dataset not in group:
+                    raise CacheEntryInvalid(f"split {name} lacks {dataset}")
 
     def split(self, name: str, samples: int, time_steps: int, channels: int, classes: int) -> _SplitWriter:
         return _SplitWriter(self.file.create_group(name), samples, time_steps, channels, classes)
@@ -205,7 +228,9 @@ def read_entry(path: Path, key: str) -> Entry:
                     stats={s: group[f"stats/{s}"][()] for s in STATS},
                     channels=int(group.attrs["channels"]),
                     classes=int(group.attrs["classes"]),
+                    notes=json.loads(group.attrs.get("notes", "[]")),
                 )
+                _check_ranges(name, split, int(group.attrs["time_steps"]))
                 if int(split.count.sum()) != len(split.ids) or len(split.count) != len(split.labels):
                     raise CacheEntryInvalid(f"split {name}: {len(split.ids)} ids for a count total of "
                                             f"{int(split.count.sum())}")
@@ -217,9 +242,30 @@ def read_entry(path: Path, key: str) -> Entry:
                 raise CacheEntryInvalid(f"no {', '.join(missing)} split")
     except CacheEntryInvalid:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py reports truncation and damage as these
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:  # h5py reports truncation and damage as these
         raise CacheEntryInvalid(f"{type(err).__name__}: {err}") from err
     return entry
+
+
+def _check_ranges(name: str, split: RaggedSplit, time_steps: int) -> None:
+    """Contents within their ranges (vectorised): ids in [0, channels), labels in [0, classes), shapes agree."""
+    n = len(split.labels)
+    if split.channels < 1 or split.classes < 1:
+        raise CacheEntryInvalid(f"split {name}: {split.channels} channels, {split.classes} classes")
+    if split.count.shape != (n, time_steps) or split.ids.ndim != 1 or split.source_index.shape != (n,):
+        raise CacheEntryInvalid(f"split {name}: shapes ids {split.ids.shape}, count {split.count.shape}, "
+                                f"labels {split.labels.shape} disagree with {time_steps} time steps")
+    for s, values in split.stats.items():
+        if values.shape != (n,):
+            raise CacheEntryInvalid(f"split {name}: stats/{s} has shape {values.shape}, expected ({n},)")
+    if split.ids.size and (int(split.ids.min()) < 0 or int(split.ids.max()) >= split.channels):
+        raise CacheEntryInvalid(f"split {name}: input ids span [{int(split.ids.min())}, {int(split.ids.max())}], "
+                                f"outside [0, {split.channels})")
+    if n and (int(split.labels.min()) < 0 or int(split.labels.max()) >= split.classes):
+        raise CacheEntryInvalid(f"split {name}: labels span [{int(split.labels.min())}, "
+                                f"{int(split.labels.max())}], outside [0, {split.classes})")
+    if split.count.size and int(split.count.min()) < 0:
+        raise CacheEntryInvalid(f"split {name}: negative bin counts")
 
 
 def remove_stale_temporaries(path: Path) -> None:

@@ -29,7 +29,7 @@ from snn_runner.data.events import bin_sample
 from snn_runner.data.preprocess import Preprocessing, SamplePreprocessor
 from snn_runner.data.report import format_report, split_report
 from snn_runner.data.tonic_sources import SOURCES, SPLITS, SourceSpec, check_files, fingerprint, open_split, \
-    read_sample
+    read_sample, sample_origin, close_split
 
 _SPLIT_CODE = {"train": 0, "test": 1}
 # Sub-streams of cfg.seed, so the subset draw and the cap draws never share numbers.
@@ -129,7 +129,8 @@ def prepare(cfg: DataConfig, log: Log = print, progress_every: int = 1000) -> Pr
     if not built:
         log(f"cache: using {path}")
     reports = {name: split_report(spec.name, name, entry.splits[name].count, entry.capacity,
-                                  entry.splits[name].channels, cfg.dt_ms, entry.splits[name].stats)
+                                  entry.splits[name].channels, cfg.dt_ms, entry.splits[name].stats,
+                                  notes=[text for _, text in entry.splits[name].notes])
                for name in SPLITS}
     for report in reports.values():
         report["cache_file"] = str(entry.path)
@@ -155,21 +156,34 @@ def _build(cfg: DataConfig, spec: SourceSpec, prep: SamplePreprocessor, data_dir
     with cache.EntryWriter(path, key, params) as writer:
         for split in SPLITS:
             ds = open_split(spec, data_dir, split)
-            indices = choose_samples(len(ds), cfg.max_samples, cfg.seed, split)
-            out = writer.split(split, len(indices), cfg.time_steps, prep.channels, spec.classes)
-            t0 = time.perf_counter()
-            for j, index in enumerate(indices):
-                events, label = read_sample(spec, ds, int(index))
-                bins, ids, removed = prep(events)
-                rng = np.random.default_rng([cfg.seed, _CAP_STREAM, _SPLIT_CODE[split], int(index)])
-                s = bin_sample(bins, ids, cfg.time_steps, prep.channels, cfg.input_capacity, rng)
-                out.add(s.ids, s.count, label, int(index), events=len(events), denoised=removed,
-                        outside=s.outside, duplicates=s.duplicates, capped=s.capped, peak=s.peak)
-                peak = max(peak, s.peak)
-                if progress_every and (j + 1) % progress_every == 0 and j + 1 < len(indices):
-                    rate = (j + 1) / max(time.perf_counter() - t0, 1e-9)
-                    log(f"prepare {spec.name} {split}: {j + 1}/{len(indices)} samples ({rate:.0f} samples/s)")
+            try:
+                indices = choose_samples(len(ds), cfg.max_samples, cfg.seed, split)
+                out = writer.split(split, len(indices), cfg.time_steps, prep.channels, spec.classes)
+                t0 = time.perf_counter()
+                empty = 0
+                for j, index in enumerate(indices):
+                    events, label = read_sample(spec, ds, int(index))
+                    if not len(events):
+                        empty += 1
+                        out.note(f"{sample_origin(spec, ds, int(index))} (dataset {spec.name}): empty recording "
+                                 f"(0 events), kept as an empty sample")
+                    bins, ids, removed = prep(events)
+                    rng = np.random.default_rng([cfg.seed, _CAP_STREAM, _SPLIT_CODE[split], int(index)])
+                    s = bin_sample(bins, ids, cfg.time_steps, prep.channels, cfg.input_capacity, rng)
+                    out.add(s.ids, s.count, label, int(index), events=len(events), denoised=removed,
+                            outside=s.outside, duplicates=s.duplicates, capped=s.capped, peak=s.peak,
+                            empty=int(not len(events)))
+                    peak = max(peak, s.peak)
+                    if progress_every and (j + 1) % progress_every == 0 and j + 1 < len(indices):
+                        rate = (j + 1) / max(time.perf_counter() - t0, 1e-9)
+                        log(f"prepare {spec.name} {split}: {j + 1}/{len(indices)} samples ({rate:.0f} samples/s)")
+            finally:
+                close_split(ds)
             out.close()
+            if empty:
+                first = out.notes[0][1]
+                log(f"note: {spec.name} {split}: {empty} empty recording(s), kept as empty samples "
+                    f"(counted in the report as empty_recordings), e.g. {first}")
             done += len(indices)
         writer.finish(cfg.input_capacity or max(peak, 1))
     return done

@@ -12,7 +12,13 @@ store it as it is. Keys:
   before the K_in cap (what the capacity has to hold);
 - ``kept_per_bin_mean``: ids per bin actually delivered;
 - ``dropped_by_cap`` and ``dropped_fraction`` (of the distinct per-bin ids);
+- ``empty_recordings``: recordings without a single event, kept as empty
+  samples (a non-fatal note; the source files are named in ``notes``);
+- ``notes``: list of one-line non-fatal findings, each naming the file and the
+  dataset (at most ``cache.MAX_NOTES`` per split; the counters hold the totals);
 - ``cache_file`` when the split came from the cache.
+
+Malformed files are not notes: they stop the run with a ``DatasetCorruptError``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 
 def split_report(dataset: str, split: str, count: np.ndarray, capacity: int, channels: int,
                  dt_ms: float | None = None, stats: dict[str, np.ndarray] | None = None,
-                 dropped: int | None = None) -> dict[str, Any]:
+                 dropped: int | None = None, notes: list[str] | None = None) -> dict[str, Any]:
     """Report of one split from its ``count[N, T]`` and optional per-sample counters.
 
     ``stats`` (per-sample arrays named as in ``cache.STATS``) supplies the
@@ -60,6 +66,8 @@ def split_report(dataset: str, split: str, count: np.ndarray, capacity: int, cha
         "kept_per_bin_mean": kept / bins,
         "dropped_by_cap": capped,
         "dropped_fraction": capped / distinct if distinct else 0.0,
+        "empty_recordings": total("empty") if stats is not None and "empty" in stats else 0,
+        "notes": list(notes or []),
     }
 
 
@@ -74,4 +82,6 @@ def format_report(report: dict[str, Any]) -> str:
                  f"{report['duplicates_merged']} duplicates merged")
         if report["removed_by_denoise"]:
             line += f", {report['removed_by_denoise']} removed by denoise"
+    if report.get("empty_recordings"):
+        line += f", {report['empty_recordings']} empty recordings"
     return line

@@ -153,19 +153,50 @@ def _missing_message(spec: SourceSpec, root: Path, missing: list[str]) -> str:
 
 
 def fingerprint(spec: SourceSpec, paths: dict[str, Path]) -> list:
-    """Cheap identity of the source files (sizes and mtimes), so a changed folder gets a new cache entry.
+    """Identity of the source files: per split, the number of files, their total size and a
+    SHA-256 over every file's (relative path, size, mtime), so a recording rewritten in place,
+    added or removed gets a new cache entry.
 
-    Folder mtimes change when recordings are added or removed, so the split
-    folders and their immediate sub-folders stand for the files inside.
+    One ``stat`` per file (N-MNIST: 70,000), no reading; hidden files are skipped.
     """
+    import hashlib
+
     out = []
     for split in SPLITS:
-        path = paths[split]
-        entries = [path] + (sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else [])
-        for p in entries:
-            st = p.stat()
-            out.append([split, p.name, st.st_size if p.is_file() else 0, st.st_mtime_ns])
+        path = Path(paths[split])
+        digest, files, size = hashlib.sha256(), 0, 0
+        for rel, st in _walk_files(path):
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            files += 1
+            size += st.st_size
+        out.append([split, path.name, files, size, digest.hexdigest()])
     return out
+
+
+def _walk_files(path: Path):
+    """(path relative to ``path``, stat) of every regular file under ``path`` (or of ``path`` itself), sorted."""
+    if path.is_file():
+        yield path.name, path.stat()
+        return
+    stack = [(path, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    subdirs.append((Path(entry.path), prefix + entry.name + "/"))
+                elif entry.is_file(follow_symlinks=True):
+                    yield prefix + entry.name, entry.stat(follow_symlinks=True)
+            except OSError:
+                continue
+        stack.extend(reversed(subdirs))
 
 
 def _offline(base: type) -> type:
@@ -195,13 +226,90 @@ def offline_class(spec: SourceSpec) -> type:
     return _OFFLINE_CLASSES[spec.name]
 
 
+_REMEDY = "replace it with an intact copy of the original file (see docs/datasets.md)"
+# Longest plausible span of one recording's spike times: they last seconds (N-MNIST 0.3 s, SHD ~1.4 s,
+# DVS Gesture ~6 s); anything beyond an hour is a damaged value (NaN, inf, a flipped exponent bit).
+MAX_SPAN_US = 3_600 * 1_000_000
+# The datasets of an SHD file, its HDF5 layout: (key, what it must hold).
+SHD_DATASETS = (("spikes/times", "float"), ("spikes/units", "integer"), ("labels", "integer"),
+                ("extra/keys", "any"), ("extra/speaker", "any"))
+
+
+def corrupt(spec: SourceSpec, where, problem: str, key: str | None = None) -> DatasetCorruptError:
+    """The one-line error for a malformed file: the file, the dataset (and HDF5 key), the problem, the fix."""
+    inside = f", HDF5 dataset '{key}'" if key else ""
+    return DatasetCorruptError(f"corrupt {spec.title} file {where} (dataset {spec.name}{inside}): {problem}; "
+                               f"{_REMEDY}")
+
+
+def check_shd_file(spec: SourceSpec, path: Path) -> int:
+    """Check the structure of one SHD file before tonic reads it; returns its sample count.
+
+    Missing or retyped datasets, mismatched lengths and labels outside the
+    classes raise ``DatasetCorruptError`` naming the file and the HDF5 key.
+    """
+    import h5py
+
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except (OSError, ValueError) as err:
+        raise corrupt(spec, path, f"not a readable HDF5 file ({_short(err)})") from err
+    with f:
+        lengths = {}
+        for key, kind in SHD_DATASETS:
+            try:
+                node = f.get(key)
+            except (OSError, ValueError, KeyError, RuntimeError) as err:
+                raise corrupt(spec, path, f"cannot be read ({_short(err)})", key) from err
+            if node is None:
+                raise corrupt(spec, path, "missing (an SHD file holds " +
+                              ", ".join(k for k, _ in SHD_DATASETS) + ")", key)
+            if not isinstance(node, h5py.Dataset):
+                raise corrupt(spec, path, "is a group, not a dataset", key)
+            if node.ndim != 1:
+                raise corrupt(spec, path, f"has shape {node.shape}, expected one entry per sample", key)
+            if kind != "any":
+                base = h5py.check_vlen_dtype(node.dtype) if key.startswith("spikes/") else node.dtype
+                if base is None:
+                    raise corrupt(spec, path, f"has dtype {node.dtype}, expected variable-length {kind} "
+                                              f"arrays (one per sample)", key)
+                wanted = "f" if kind == "float" else "iu"
+                if np.dtype(base).kind not in wanted:
+                    raise corrupt(spec, path, f"holds {np.dtype(base)} values, expected {kind}s", key)
+            lengths[key] = node.shape[0]
+        n = lengths["spikes/times"]
+        for key in ("labels", "spikes/units"):
+            if lengths[key] != n:
+                raise corrupt(spec, path, f"{lengths[key]} entries, but 'spikes/times' has {n} (one per sample "
+                                          f"in each)", key)
+        try:
+            labels = f["labels"][()]
+        except (OSError, ValueError, RuntimeError) as err:
+            raise corrupt(spec, path, f"cannot be read ({_short(err)})", "labels") from err
+        if n and (labels.min() < 0 or labels.max() >= spec.classes):
+            bad = int(np.flatnonzero((labels < 0) | (labels >= spec.classes))[0])
+            raise corrupt(spec, path, f"label {int(labels[bad])} of sample {bad} outside [0, {spec.classes})",
+                          "labels")
+    return n
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def open_split(spec: SourceSpec, root: Path, split: str, log=None):
     """tonic's dataset object for one split, recordings in a stable (sorted) order."""
     paths = check_files(spec, root, log)
+    if spec.name == "shd":
+        check_shd_file(spec, paths[split])
     try:
-        ds = offline_class(spec)(str(root), train=(split == "train"))
-    except _READ_ERRORS as err:
-        raise DatasetCorruptError(f"cannot open {paths[split]} as {spec.title}: {err}") from err
+        with np.errstate(all="ignore"):
+            ds = offline_class(spec)(str(root), train=(split == "train"))
+    except DatasetMissingError:
+        raise
+    except _READ_ERRORS + (RuntimeError,) as err:
+        raise corrupt(spec, paths[split], f"tonic cannot open it: {type(err).__name__}: {_short(err)}") from err
     if isinstance(ds.data, list) and ds.data:
         # os.walk yields files in directory order, which differs between file
         # systems; the sample order must not, since the seeded subset and the
@@ -213,6 +321,17 @@ def open_split(spec: SourceSpec, root: Path, split: str, log=None):
     return ds
 
 
+def close_split(ds) -> None:
+    """Close what ``read_sample`` opened for ``ds`` (the SHD file handle)."""
+    handle = getattr(ds, "_snn_h5", None)
+    if handle is not None:
+        ds._snn_h5 = None
+        try:
+            handle.close()
+        except Exception:  # noqa: BLE001 - closing a damaged file must not mask the real error
+            pass
+
+
 def sample_origin(spec: SourceSpec, ds, index: int) -> str:
     """Where sample ``index`` comes from, for error messages."""
     if spec.recordings is None:
@@ -221,24 +340,91 @@ def sample_origin(spec: SourceSpec, ds, index: int) -> str:
 
 
 def read_sample(spec: SourceSpec, ds, index: int) -> tuple[np.ndarray, int]:
-    """Events (tonic's structured array) and label of one recording; corrupt files raise."""
+    """Events (tonic's structured array) and label of one recording; malformed files raise.
+
+    An empty recording is returned as it is (no events); the caller counts it.
+    """
     where = sample_origin(spec, ds, index)
     try:
         if spec.name == "nmnist":
             # tonic's reader would silently misalign (or fail obscurely on) a cut-off file.
             size = os.path.getsize(where)
             if size % 5:
-                raise DatasetCorruptError(f"corrupt N-MNIST recording {where}: {size} bytes is not a whole "
-                                          f"number of 5-byte events")
-        events, label = ds[index]
-    except _READ_ERRORS as err:
-        raise DatasetCorruptError(f"cannot read {where} as {spec.title}: {type(err).__name__}: {err}") from err
-    label = int(label)
+                raise corrupt(spec, where, f"{size} bytes is not a whole number of 5-byte events "
+                                           f"(the file is cut inside an event)")
+        with np.errstate(all="ignore"):  # NaN times cast to int: caught below, not as a warning
+            events, label = ds[index]
+    except DatasetCorruptError:
+        raise
+    except _READ_ERRORS + (RuntimeError,) as err:
+        problem = f"{type(err).__name__}: {_short(err)}"
+        key = None
+        if spec.name == "shd":
+            problem, key = _shd_problem(ds, index, problem)
+        raise corrupt(spec, where, f"tonic cannot read it: {problem}", key) from err
+    if getattr(events, "dtype", None) is None or events.dtype.names is None or events.ndim != 1:
+        raise corrupt(spec, where, f"tonic returned {type(events).__name__} "
+                                   f"{getattr(events, 'shape', '')}, not a list of events")
+    try:
+        label = int(label)
+    except (TypeError, ValueError) as err:
+        raise corrupt(spec, where, f"label {label!r} is not a class number") from err
     if not 0 <= label < spec.classes:
-        raise DatasetCorruptError(f"corrupt {spec.title} recording {where}: label {label} outside "
-                                  f"[0, {spec.classes})")
+        raise corrupt(spec, where, f"label {label} outside [0, {spec.classes})",
+                      "labels" if spec.name == "shd" else None)
+    if spec.name == "shd":
+        _check_shd_lengths(spec, ds, index, events, where)
     _check_coordinates(spec, events, where)
+    _check_times(spec, events, where)
     return events, label
+
+
+def _check_shd_lengths(spec: SourceSpec, ds, index: int, events: np.ndarray, where: str) -> None:
+    """tonic broadcasts a sample's one unit over all its spike times; refuse unequal lengths instead."""
+    import h5py
+
+    handle = getattr(ds, "_snn_h5", None)
+    if handle is None:
+        try:  # default locking flags: the file is open in tonic too, and HDF5 wants them to match
+            handle = h5py.File(Path(ds.location_on_system) / ds.data_filename, "r")
+        except (OSError, ValueError) as err:
+            raise corrupt(spec, where, f"not a readable HDF5 file ({_short(err)})") from err
+        ds._snn_h5 = handle  # closed by close_split
+    try:
+        units = len(handle["spikes/units"][index])
+    except _READ_ERRORS + (RuntimeError,) as err:
+        raise corrupt(spec, where, f"cannot be read ({_short(err)})", "spikes/units") from err
+    if units != len(events):
+        raise corrupt(spec, where, f"{len(events)} spike times but {units} units for this sample", "spikes/units")
+
+
+def _shd_problem(ds, index: int, problem: str) -> tuple[str, str | None]:
+    """A plainer account of why tonic failed on one SHD sample (times and units of unequal length)."""
+    import h5py
+
+    try:
+        with h5py.File(Path(ds.location_on_system) / ds.data_filename, "r", locking=False) as f:
+            n_t, n_u = len(f["spikes/times"][index]), len(f["spikes/units"][index])
+    except Exception:  # the original error stands  # noqa: BLE001
+        return problem, None
+    if n_t != n_u:
+        return f"{n_t} spike times but {n_u} units for this sample", "spikes/units"
+    return problem, None
+
+
+def _check_times(spec: SourceSpec, events: np.ndarray, where: str) -> None:
+    if not len(events):
+        return
+    t = events["t"]
+    lo, hi = float(t.min()), float(t.max())
+    key = "spikes/times" if spec.name == "shd" else None
+    if lo < 0:
+        raise corrupt(spec, where, f"spike times reach {lo / 1e6:.6g} s: negative, NaN or infinite times", key)
+    start = 0.0 if spec.clock_starts_at_zero else lo
+    if hi - start > MAX_SPAN_US:
+        raise corrupt(spec, where, f"spike times span {(hi - start) / 1e6:.6g} s, more than the "
+                                   f"{MAX_SPAN_US // 1_000_000} s any recording lasts (damaged or infinite "
+                                   f"values)", key)
 
 
 def _check_coordinates(spec: SourceSpec, events: np.ndarray, where: str) -> None:
@@ -249,5 +435,5 @@ def _check_coordinates(spec: SourceSpec, events: np.ndarray, where: str) -> None
     for name, limit in limits:
         lo, hi = int(events[name].min()), int(events[name].max())
         if lo < 0 or hi >= limit:
-            raise DatasetCorruptError(f"corrupt {spec.title} recording {where}: {name} spans [{lo}, {hi}], "
-                                      f"outside the sensor's [0, {limit})")
+            key = "spikes/units" if spec.name == "shd" else None
+            raise corrupt(spec, where, f"{name} spans [{lo}, {hi}], outside the sensor's [0, {limit})", key)

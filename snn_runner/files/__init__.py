@@ -5,8 +5,9 @@ every other layer (data cache, runner checkpoints, results, Slurm records)
 can use it.
 """
 
-from snn_runner.files.atomic import TMP_SUFFIX, atomic_h5, atomic_text, atomic_write, stale_temporaries
+from snn_runner.files.atomic import (TMP_SUFFIX, DiskFullError, WriteError, atomic_h5, atomic_text, atomic_write,
+                                    remove_dead_temporaries, stale_temporaries, write_bytes)
 from snn_runner.files.layout import OutputLayout, checkpoint_for
 
-__all__ = ["TMP_SUFFIX", "OutputLayout", "checkpoint_for", "atomic_h5", "atomic_text", "atomic_write",
-           "stale_temporaries"]
+__all__ = ["TMP_SUFFIX", "DiskFullError", "OutputLayout", "WriteError", "checkpoint_for", "atomic_h5", "atomic_text",
+           "atomic_write", "remove_dead_temporaries", "stale_temporaries", "write_bytes"]

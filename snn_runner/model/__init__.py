@@ -7,10 +7,10 @@ to a ``ModelOutput``; the sparse implementations run the backend's ops.
 
 from __future__ import annotations
 
-from snn_runner.config import IMPLEMENTATIONS
+from snn_runner.config import IMPLEMENTATIONS, RunConfig
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
 
-__all__ = ["ModelOutput", "NetworkSpec", "Parameters", "build_model", "resolve_implementation"]
+__all__ = ["ModelOutput", "NetworkSpec", "Parameters", "build_model", "resolve", "resolve_implementation"]
 
 
 def _sparse_ops_available() -> bool:
@@ -24,6 +24,20 @@ def resolve_implementation(name: str) -> str:
     if name != "auto":
         return name
     return "sparse_layer" if _sparse_ops_available() else "dense"
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``model.implementation`` as it will run: the only place ``auto`` is decided.
+
+    What runs is what gets recorded, so callers resolve once, before a run,
+    and pass the resolved configuration on.
+    """
+    if cfg.model.implementation != "auto":
+        return cfg
+    implementation = resolve_implementation("auto")
+    if implementation == "sparse_layer" and cfg.train.rate_strength > 0:
+        implementation = "sparse_ops"  # the fastest one whose gradient covers the activity regulariser
+    return cfg.replace("model", implementation=implementation)
 
 
 def build_model(implementation: str, spec: NetworkSpec, params: Parameters, backend):

@@ -1,14 +1,26 @@
 """Merge many result files into one table (HDF5 or CSV).
 
-Partial files (temporary names), corrupt files and files that fail the schema
-are reported and left out; they never stop the collection.
+Every file is read on its own: partial files (temporary names), corrupt files,
+files that fail the schema and duplicates are listed in ``skipped`` with the
+reason and left out; no single file stops the collection.
+
+Duplicates: the same file reached twice (a symbolic or hard link) or a byte
+copy is tabled once, the first in sorted path order; files of the same
+``task_id`` (the hash of the resolved configuration) are tabled once, the
+newest by ``created_utc`` (ties: the first in sorted path order).
+
+Temporaries (``.NAME.PID-RANDOM@HOST.tmp``) whose writer is gone are deleted
+with ``remove_dead_temporaries``; the others are listed as partial.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +28,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from snn_runner.results.schema import problems
-from snn_runner.files import TMP_SUFFIX, atomic_write
+from snn_runner.files import TMP_SUFFIX, atomic_text
+from snn_runner.results.schema import TMP_RE, describe, problems
 from snn_runner.results.store import read_result, result_file
+
+TABLE_SUFFIXES = (".h5", ".hdf5", ".csv")
+RESULT_SUFFIXES = (".h5", ".hdf5")
 
 COLUMNS = (
     "file", "kind", "job_name", "task_index", "task_id", "implementation", "dataset", "network", "sizes",
@@ -32,7 +47,8 @@ COLUMNS = (
 class Collection:
     rows: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)  # per-epoch curves and spikes of train rows
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason), duplicates included
+    removed: list[str] = field(default_factory=list)  # temporaries of dead writers that were deleted
 
 
 def _row(path: Path, rec: dict[str, Any]) -> dict[str, Any]:
@@ -65,25 +81,131 @@ def _row(path: Path, rec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def collect(folder: str | os.PathLike) -> Collection:
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def temporary_reason(path: Path) -> str:
+    """What a temporary file (``.NAME.PID-RANDOM[@HOST].tmp``) left in a results folder is."""
+    match = TMP_RE.match(path.name)
+    if match is None:
+        return "partial (temporary file; its writer is unknown)"
+    pid, host = int(match["pid"]), match["host"]
+    if host is not None and host != _host():
+        return f"partial (temporary file of process {pid} on host {host}; it may still be writing)"
+    if pid > 0 and _pid_running(pid):
+        return f"partial (still being written by process {pid})"
+    return f"partial file left by a writer that is gone (process {pid}); safe to delete"
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every file under ``folder``, following linked folders once (no loops), sorted."""
+    out, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort(key=lambda n: (os.path.islink(os.path.join(root, n)), n))  # real folders first
+        out += [Path(root) / name for name in files]
+    return sorted(out)
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _remove_dead_temporaries(folders: set[Path]) -> list[str]:
+    try:
+        from snn_runner.files.atomic import remove_dead_temporaries
+    except ImportError:
+        return []
+    removed = []
+    for folder in sorted(folders):
+        try:
+            removed += [str(p) for p in remove_dead_temporaries(folder)]
+        except Exception:  # noqa: BLE001 - cleaning up is optional; never stop the collection
+            pass
+    return removed
+
+
+def collect(folder: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = ()) -> Collection:
+    """Table every valid result file under ``folder``; list each other one with the reason.
+
+    ``exclude``: paths to leave out silently (the table being written).
+    Raises ``FileNotFoundError``/``NotADirectoryError`` only for ``folder`` itself.
+    """
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise FileNotFoundError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: is a file, not a folder; collect reads the result files under a "
+                                 f"folder (check one file with `snn-runner inspect {folder}`)")
+    excluded = {os.path.realpath(p) for p in exclude}
     out = Collection()
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file():
+    files = _walk(folder)
+    temp_dirs = {p.parent for p in files if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)}
+    out.removed = _remove_dead_temporaries(temp_dirs)
+    gone = set(out.removed)
+    good: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []
+    by_real: dict[str, Path] = {}
+    by_digest: dict[str, Path] = {}
+    for path in files:
+        if str(path) in gone:
             continue
-        if path.name.endswith(TMP_SUFFIX):
-            out.skipped.append((str(path), "partial (temporary file of a run that did not finish)"))
+        if path.name.startswith(".") and path.name.endswith(TMP_SUFFIX):
+            if path.exists():
+                out.skipped.append((str(path), temporary_reason(path)))
             continue
-        if path.suffix != ".h5" or path.name.startswith("."):
-            continue
-        found = problems(path)
-        if found:
-            out.skipped.append((str(path), "; ".join(found)))
-            continue
-        rec = read_result(path)
-        out.rows.append(_row(path, rec))
+        if path.suffix not in RESULT_SUFFIXES or path.name.startswith("."):
+            continue  # checkpoints (.NAME.ckpt), logs, CSV tables, hidden files
+        try:
+            real = os.path.realpath(path)
+            if real in excluded:
+                continue
+            what = describe(path)
+            if what is not None:
+                out.skipped.append((str(path), what))
+                continue
+            if real in by_real:
+                out.skipped.append((str(path), f"duplicate: the same file as {by_real[real]} (a link); tabled once"))
+                continue
+            by_real[real] = path
+            digest = _digest(path)
+            if digest in by_digest:
+                out.skipped.append((str(path), f"duplicate: the same content as {by_digest[digest]}; tabled once"))
+                continue
+            by_digest[digest] = path
+            found = problems(path)
+            if found:
+                out.skipped.append((str(path), "; ".join(found)))
+                continue
+            rec = read_result(path)
+            good.append((path, rec, _row(path, rec)))
+        except Exception as err:  # noqa: BLE001 - one bad file never stops the collection
+            out.skipped.append((str(path), f"cannot be read ({type(err).__name__}: {_first_line(err)})"))
+    for path, rec, row in _one_per_task(good, out.skipped):
+        out.rows.append(row)
         if rec["attrs"]["kind"] == "train":
             out.runs.append({"metrics": rec["metrics"], "spikes": rec.get("spikes", {})})
         else:
@@ -91,16 +213,54 @@ def collect(folder: str | os.PathLike) -> Collection:
     return out
 
 
-def write_table(coll: Collection, target: str | os.PathLike) -> Path:
+def _one_per_task(good, skipped):
+    """Keep the newest file of each task_id (latest created_utc, then first path); list the others."""
+    tasks: dict[str, list] = {}
+    for item in good:
+        task = str(item[2]["task_id"])
+        if task:
+            tasks.setdefault(task, []).append(item)
+    dropped = set()
+    for task, items in tasks.items():
+        if len(items) < 2:
+            continue
+        order = {id(it): i for i, it in enumerate(items)}
+        keep = max(items, key=lambda it: (str(it[1]["attrs"].get("created_utc", "")), -order[id(it)]))
+        for item in items:
+            if item is not keep:
+                dropped.add(id(item))
+                skipped.append((str(item[0]), f"duplicate: task_id {task} is also in {keep[0]} (created "
+                                               f"{keep[1]['attrs'].get('created_utc', '?')}); the newest (or, "
+                                               f"if equally new, the first) is tabled"))
+    return [item for item in good if id(item) not in dropped]
+
+
+def check_target(target: str | os.PathLike) -> Path:
+    """Refuse a table path that cannot be written, before anything is collected."""
     target = Path(target)
+    if target.is_dir():
+        raise ValueError(f"{target}: is a folder; give the table file to write, e.g. {target / 'table.h5'}")
+    if target.suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"{target}: the table must end in .h5 (for `snn-runner report`) or .csv")
+    parent = target.parent
+    if not parent.is_dir():
+        raise ValueError(f"{target}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{target}: the folder {parent} is not writable")
+    return target
+
+
+def write_table(coll: Collection, target: str | os.PathLike) -> Path:
+    target = check_target(target)
     if target.suffix == ".csv":
-        with atomic_write(target) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(coll.rows)
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(coll.rows)
+        atomic_text(target, buf.getvalue())
         return target
-    if target.suffix not in (".h5", ".hdf5"):
-        raise ValueError(f"{target}: the table must end in .h5 or .csv")
     with result_file(target, {}, {"kind": "table", "rows": len(coll.rows)}) as f:
         table = f.create_group("table")
         for col in COLUMNS:
@@ -121,22 +281,60 @@ def write_table(coll: Collection, target: str | os.PathLike) -> Path:
     return target
 
 
+TABLE_HINT = "`snn-runner report` reads the .h5 table written by `snn-runner collect FOLDER -o TABLE.h5`"
+
+
 def read_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows and per-run curves of a table written by ``write_table`` (HDF5 only)."""
-    with h5py.File(path, "r") as f:
-        if "table" not in f:
-            raise ValueError(f"{path}: not a table written by `snn-runner collect` (no /table group)")
-        cols = {k: f["table"][k][()] for k in f["table"]}
-        n = int(f.attrs["rows"])
-        rows = []
-        for i in range(n):
-            row = {}
-            for k, v in cols.items():
-                x = v[i]
-                row[k] = x.decode() if isinstance(x, bytes) else (float(x) if isinstance(x, np.floating) else x)
-            rows.append(row)
-        runs = []
-        for i in range(n):
-            g = f["runs"][str(i)]
-            runs.append({s: {k: g[s][k][()] for k in g[s]} if s in g else {} for s in ("metrics", "spikes")})
+    """Rows and per-run curves of a table written by ``write_table`` (HDF5 only).
+
+    Raises ``ValueError`` with a one-line reason for anything that is not such a table.
+    """
+    path = Path(path)
+    what = describe(path)
+    if what is not None:
+        raise ValueError(f"{path}: {what}; {TABLE_HINT}")
+    try:
+        f = h5py.File(path, "r")
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path}: is not a readable HDF5 file: truncated or corrupt ({_first_line(err)}); {TABLE_HINT}") from None
+    try:
+        with f:
+            return _read_table(path, f)
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged table surfaces as anything
+        raise ValueError(f"{path}: the table is damaged ({type(err).__name__}: {_first_line(err)}); "
+                         f"collect it again") from None
+
+
+def _read_table(path: Path, f) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    if not isinstance(f.get("table"), h5py.Group):
+        kind = f.attrs.get("kind")
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        what = (f"a {kind} result file" if kind in ("train", "bench")
+                else "a checkpoint" if "state_json" in f.attrs else "an HDF5 file")
+        raise ValueError(f"{path}: not a table written by `snn-runner collect` (no /table group; it is {what}); "
+                         f"{TABLE_HINT}")
+    n = f.attrs.get("rows")
+    if not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"{path}: the table has no valid 'rows' attribute; collect it again")
+    n = int(n)
+    missing = [c for c in COLUMNS if c not in f["table"]]
+    if missing:
+        raise ValueError(f"{path}: the table lacks column(s) {', '.join(missing)}; collect it again")
+    cols = {k: f["table"][k][()] for k in f["table"]}
+    short = [k for k, v in cols.items() if getattr(v, "ndim", 0) != 1 or len(v) != n]
+    if short:
+        raise ValueError(f"{path}: column(s) {', '.join(short)} do not have {n} rows; collect it again")
+    rows = []
+    for i in range(n):
+        row = {}
+        for k, v in cols.items():
+            x = v[i]
+            row[k] = x.decode() if isinstance(x, bytes) else (float(x) if isinstance(x, np.floating) else x)
+        rows.append(row)
+    runs = []
+    for i in range(n):
+        g = f["runs"][str(i)]
+        runs.append({s: {k: g[s][k][()] for k in g[s]} if s in g else {} for s in ("metrics", "spikes")})
     return rows, runs

@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # batch nodes have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from snn_runner.files import atomic_text  # noqa: E402
 from snn_runner.results.collect import read_table  # noqa: E402
 
 
@@ -156,12 +157,26 @@ def _markdown(rows: list[dict], images: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(table: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    rows, runs = read_table(table)
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Refuse an output folder that cannot be made or written, before anything is drawn."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder; give a folder for the plots and summary.md")
+    if not out.exists() and not out.parent.is_dir():
+        raise ValueError(f"{out}: the folder {out.parent} does not exist; create it first")
+    where = out if out.exists() else out.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: the folder {where} is not writable")
+    return out
+
+
+def report(table: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """The plots and summary.md of ``table`` in ``out_dir``; ``ValueError``/``OSError`` with a one-line reason."""
+    out = check_out_dir(out_dir)
+    rows, runs = read_table(table)
+    out.mkdir(exist_ok=True)
     images = [p for p in (_bench_plot(rows, out), _curves_plot(rows, runs, out), _rates_plot(rows, runs, out),
                           _raster_plot(rows, runs, out)) if p is not None]
     summary = out / "summary.md"
-    summary.write_text(_markdown(rows, images))
+    atomic_text(summary, _markdown(rows, images))
     return images + [summary]

@@ -23,10 +23,11 @@ import h5py
 import numpy as np
 
 import snn_runner
-
 from snn_runner.files import atomic_h5
+from snn_runner.results.network import SavedNetwork, write_network
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: training results keep the trained network under /model (and /model_best)
+READABLE_VERSIONS = (1, 2)
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
 LAYER_COLUMNS = ("spike_rate", "dropped_spikes")
@@ -67,20 +68,36 @@ def result_file(path: str | os.PathLike, config: dict[str, Any], attrs: dict[str
     Root attributes (provenance, the resolved config as JSON, extra attrs) are
     written first, ``complete`` last.
     """
-    with atomic_h5(path) as f:
+    expected: list[str] = []
+
+    def verify(back: h5py.File) -> None:
+        if not back.attrs.get("complete", False):
+            raise ValueError("no 'complete' attribute")
+        json.loads(back.attrs["config_json"])
+        missing = [name for name in expected if name not in back]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+
+    with atomic_h5(path, verify=verify) as f:
         for key, value in {**provenance(), **(attrs or {})}.items():
             f.attrs[key] = value
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["config_json"] = json.dumps(config, sort_keys=True)
         yield f
         f.attrs["complete"] = True  # written last: a file without it was cut short
+        f.visit(expected.append)  # every group and dataset must be there when read back
 
 
 def write_train_result(path, config: dict[str, Any], attrs: dict[str, Any], rows: list[dict[str, Any]],
                        step_seconds: list[float], compile_seconds: float, mode: str,
-                       spikes: dict[str, np.ndarray] | None = None) -> None:
-    """The record of a training run: per-epoch metrics, timings, recorded spikes."""
+                       spikes: dict[str, np.ndarray] | None = None, network: SavedNetwork | None = None,
+                       best: SavedNetwork | None = None) -> None:
+    """The record of a training run: per-epoch metrics, timings, recorded spikes and the trained network."""
     with result_file(path, config, {**attrs, "kind": "train"}) as f:
+        if network is not None:
+            write_network(f.create_group("model"), network)
+        if best is not None:
+            write_network(f.create_group("model_best"), best)
         metrics = f.create_group("metrics")
         for key in METRIC_COLUMNS + LAYER_COLUMNS:
             dtype = np.int64 if key in ("epoch", "dropped_spikes") else np.float64
@@ -113,7 +130,8 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
         out = {"attrs": {k: _plain(v) for k, v in f.attrs.items()}}
         out["config"] = json.loads(out["attrs"]["config_json"])
         for name, group in f.items():
-            out[name] = {k: group[k][()] for k in group}
+            # nested groups (the networks under /model) are read by results.network.read_network
+            out[name] = {k: group[k][()] for k in group if isinstance(group[k], h5py.Dataset)}
             out[name].update({k: _plain(v) for k, v in group.attrs.items()})
     return out
 

@@ -12,13 +12,16 @@ class Interrupted(RuntimeError):
 
 
 class StopOnSignal:
-    """Turns SIGTERM/SIGUSR2 into a flag the training loop polls between steps.
+    """Turns SIGTERM, SIGUSR2 (Slurm's timeout warning), SIGINT (Ctrl-C) and
+    SIGHUP (a closed terminal) into a flag the training loop polls between steps.
 
     Stopping between steps (not inside one) is what makes the saved state
-    consistent. Previous handlers are restored on exit.
+    consistent. A second Ctrl-C stops at once (``KeyboardInterrupt``): the
+    checkpoint of the last finished epoch stays. Previous handlers are
+    restored on exit.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self, signals=SIGNALS):
         self.signals = signals
@@ -26,6 +29,8 @@ class StopOnSignal:
         self._previous = {}
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
         self.received = signum
 
     def __enter__(self) -> "StopOnSignal":

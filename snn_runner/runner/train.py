@@ -21,6 +21,7 @@ from snn_runner.config import RunConfig
 from snn_runner.data import load_dataset
 from snn_runner.data.events import EventSet
 from snn_runner.runner import checkpoint
+from snn_runner.runner.budget import check_memory
 from snn_runner.runner.checkpoint import TrainState
 from snn_runner.runner.signals import Interrupted, StopOnSignal
 from snn_runner.runner.progress import EpochProgress
@@ -39,13 +40,14 @@ class TrainRecord:
     mode: str  # how the steps were compiled
     spikes: dict[str, np.ndarray]  # recorded test samples in the sparse format
     attrs: dict = field(default_factory=dict)  # implementation, sizes, capacities, data report, resumes
+    network: dict = field(default_factory=dict)  # the trained network (fields of results.network.SavedNetwork)
 
     @property
     def test_accuracy(self) -> float:
         return self.rows[-1]["test_accuracy"]
 
 
-class _Tally:
+class Tally:
     """Sums step outputs over an epoch."""
 
     def __init__(self, layers: int, saved: dict | None = None):
@@ -69,8 +71,8 @@ class _Tally:
                 "spikes": self.spikes.tolist(), "dropped": self.dropped.tolist()}
 
 
-def _evaluate(steps, data: EventSet, batch_size: int, layers: int) -> _Tally:
-    tally = _Tally(layers)
+def evaluate_set(steps, data: EventSet, batch_size: int, layers: int) -> Tally:
+    tally = Tally(layers)
     for ids, count, labels in data.batches(batch_size):
         tally.add(steps.evaluate(ids, count, labels), len(labels))
     return tally
@@ -95,6 +97,15 @@ def _record_spikes(steps, data: EventSet) -> dict[str, np.ndarray]:
     return record
 
 
+def network_record(spec, params, encoding: dict, epoch: int) -> dict:
+    """The trained network as plain arrays: what the result file keeps under /model."""
+    return {"sizes": tuple(spec.sizes), "capacities": tuple(spec.capacities), "input_capacity": spec.input_capacity,
+            "input_scale": spec.lif.input_scale, "beta": spec.lif.beta, "readout": "spike_count",
+            "weights": [w.numpy() for w in params.weights], "alpha": [np.asarray(a) for a in params.alpha],
+            "threshold": [np.asarray(t) for t in params.threshold],
+            "threshold2": [np.asarray(t) for t in params.threshold2], "encoding": encoding, "epoch": epoch}
+
+
 def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = print,
           stop: StopOnSignal | None = None) -> TrainRecord:
     """Train per ``cfg``, checkpointing to ``ckpt_path``; returns the run's record.
@@ -112,6 +123,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     cfg.validate()
     # The backend comes first: a missing IPU stack fails here, before any data or model work.
     backend = get_backend(cfg.train.backend)
+    check_memory(cfg)  # before the data is generated or loaded: a run that cannot fit is refused, not swapped
     ckpt_path = Path(ckpt_path)
     identity_json = json.dumps(cfg.identity(), sort_keys=True)
     implementation = cfg.model.implementation
@@ -133,6 +145,11 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     loaded = checkpoint.load(ckpt_path, identity_json)
     if loaded is not None:
         state, weights, slots = loaded
+        expected = [tuple(v.shape) for v in (*params.trainable, *optimizer.variables)]
+        found = [tuple(np.shape(v)) for v in (*weights, *slots)]
+        if found != expected:
+            raise checkpoint.CheckpointCorrupt(f"checkpoint {ckpt_path} holds arrays of shapes {found}, this run needs "
+                                               f"{expected}; delete it to start afresh")
         for var, value in zip(params.trainable, weights):
             var.assign(value)
         for var, value in zip(optimizer.variables, slots):
@@ -155,7 +172,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
         rng.bit_generator.state = state.rng_state
         order = rng.permutation(len(train_set))
         start = time.perf_counter()
-        tally = _Tally(spec.layers, state.tally)
+        tally = Tally(spec.layers, state.tally)
         progress = EpochProgress(cfg.train.progress_s, epoch, cfg.train.epochs, steps_per_epoch, state.batch, log)
         for i, (ids, count, labels) in enumerate(train_set.batches(batch_size, order[state.batch * batch_size:]),
                                                  start=state.batch):
@@ -174,7 +191,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
                 save_state()
                 raise Interrupted(f"stopped by signal {stop.received} in epoch {epoch} after batch {i + 1}; "
                                   f"checkpoint saved to {ckpt_path}; run the same command again to resume")
-        test = _evaluate(steps, test_set, batch_size, spec.layers)
+        test = evaluate_set(steps, test_set, batch_size, spec.layers)
         rate = tally.spikes / (tally.samples * train_set.time_steps * neurons)
         row = {
             "epoch": epoch,
@@ -205,5 +222,8 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     attrs = {"data_report_json": json.dumps(data_report, sort_keys=True, default=str),
              "implementation": implementation, "backend": backend.name, "resumes": state.resumes,
              "sizes": np.asarray(spec.sizes), "capacities": np.asarray(spec.capacities)}
+    from snn_runner.data.encoding import input_encoding
+
+    network = network_record(spec, params, input_encoding(cfg.data, train_set.channels), len(state.rows))
     return TrainRecord(state.rows, state.step_seconds, state.compile_seconds, steps.mode,
-                       _record_spikes(steps, test_set), attrs)
+                       _record_spikes(steps, test_set), attrs, network)

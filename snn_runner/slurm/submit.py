@@ -108,7 +108,7 @@ def submit(job: Job, tasks: list[Task], output_dir: Path | None = None, image: s
 
     layout = job.layout(Path(output_dir or job.output).resolve())
     out = layout.root
-    done = [t for t in tasks if is_complete(layout.result(t.index, t.task_id))]
+    done = [t for t in tasks if job.existing_result(t, out, is_complete)]
     previous = latest_by_task(read_submissions(layout.submissions))
     states = job_states([r.job_id for r in previous.values()]) if previous and not dry_run else {}
     queued = [t for t in tasks if t not in done and t.task_id in previous

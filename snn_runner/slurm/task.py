@@ -19,6 +19,9 @@ import submitit
 from snn_runner.runner.signals import INTERRUPTED_EXIT_CODE, Interrupted, StopOnSignal
 
 
+LOCK_WAIT_S = 300.0
+
+
 def _log(line: str) -> None:
     print(line, flush=True)
 
@@ -38,13 +41,14 @@ class TaskRunner(submitit.helpers.Checkpointable):
             return str(job.result(task, out))
         with StopOnSignal() as stop:
             try:
-                run_train_task(job, task, out, log=_log, stop=stop)
+                # a requeued task may start while its previous instance is still saving: wait for it
+                run_train_task(job, task, out, log=_log, stop=stop, wait_s=LOCK_WAIT_S)
             except Interrupted as err:
                 _log(f"interrupted: {err}")
                 previous = stop.previous_handler(stop.received)
-                if stop.received != signal.SIGTERM and callable(previous):
+                if stop.received == signal.SIGUSR2 and callable(previous):
                     previous(stop.received, None)  # submitit: checkpoint() + requeue + exit
-                # SIGTERM: leave no result behind so a Slurm requeue starts the task afresh (and resumes)
+                # SIGTERM and the others: no result, so a Slurm requeue starts the task afresh (and resumes)
                 sys.stdout.flush()
                 os._exit(INTERRUPTED_EXIT_CODE)
         return str(job.result(task, out))

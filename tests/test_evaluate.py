@@ -1,0 +1,91 @@
+"""The trained network in the result file, run again by `snn-runner evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from snn_runner.cli import cli
+from snn_runner.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from snn_runner.dispatch import run_training
+from snn_runner.results.network import read_network
+from snn_runner.results.store import read_result
+from snn_runner.sparse import library
+
+TINY = RunConfig(
+    model=ModelConfig(hidden=(32,), implementation="dense", weight_scale=3.0),
+    data=DataConfig(channels=16, classes=3, time_steps=20, train_samples_per_class=30, test_samples_per_class=15),
+    train=TrainConfig(epochs=2, batch_size=10, learning_rate=5e-3, seed=2),
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    path = tmp_path_factory.mktemp("evaluate") / "run.h5"
+    run_training(TINY, path, log=lambda _: None)
+    return path
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, list(map(str, args)))
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_result_keeps_the_network_it_trained(trained):
+    net = read_network(trained)
+    assert net.sizes == (16, 32, 3) and net.capacities == (4, 3) and net.readout == "spike_count"
+    assert [w.shape for w in net.weights] == [(16, 32), (32, 3)] and net.epoch == 2
+    assert net.encoding["dataset"] == "randman" and net.encoding["channels"] == 16
+    with h5py.File(trained) as f:
+        assert int(f.attrs["schema_version"]) == 2
+        assert f["model/weights/layer1"].dtype == np.float32
+
+
+def test_evaluate_reproduces_the_recorded_test_accuracy(trained, tmp_path):
+    recorded = read_result(trained)["metrics"]
+    res = invoke("evaluate", trained, "--json", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "e.json").read_text())
+    assert record["accuracy"] == recorded["test_accuracy"][-1]
+    assert record["loss"] == pytest.approx(recorded["test_loss"][-1], rel=1e-6)
+    assert f"accuracy {recorded['test_accuracy'][-1]:.4f}" in res.output
+    assert len(record["spike_rate"]) == len(record["dropped_spikes"]) == 2
+
+
+@pytest.mark.skipif(not library.available(), reason="compiled ops not built (run scripts/build-ops)")
+def test_one_network_measured_at_other_capacities(trained, tmp_path):
+    wide = invoke("evaluate", trained, "--implementation", "sparse_layer", "--max-activity", "1.0",
+                  "--json", tmp_path / "wide.json")
+    narrow = invoke("evaluate", trained, "--implementation", "sparse_layer", "--max-activity", "0.05",
+                    "--json", tmp_path / "narrow.json")
+    assert wide.exit_code == 0 and narrow.exit_code == 0, wide.output + narrow.output
+    wide, narrow = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("wide", "narrow"))
+    # at full capacity the sparse implementation is the dense network
+    assert wide["accuracy"] == read_result(trained)["metrics"]["test_accuracy"][-1]
+    assert sum(wide["dropped_spikes"]) == 0 and sum(narrow["dropped_spikes"]) >= 0
+    assert narrow["implementation"] == "sparse_layer" and narrow["max_activity"] == 0.05
+
+
+def test_files_without_a_network_are_refused_in_one_line(trained, tmp_path):
+    old = tmp_path / "v1.h5"
+    old.write_bytes(trained.read_bytes())
+    with h5py.File(old, "a") as f:
+        del f["model"]
+        f.attrs["schema_version"] = 1
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5 at all")
+    for path, expected in ((old, "holds no trained network"), (junk, "not a result file"),
+                           (tmp_path / "nope.h5", "no such file")):
+        res = invoke("evaluate", path)
+        assert res.exit_code == 1, res.output
+        errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+        assert len(errors) == 1 and expected in errors[0], res.output
+    res = invoke("evaluate", trained, "--split", "validation")
+    assert res.exit_code == 2 and "no 'validation' split" in res.output
+    res = invoke("evaluate", trained, "--json", tmp_path / "missing" / "e.json")
+    assert res.exit_code == 2 and not (tmp_path / "missing").exists()
