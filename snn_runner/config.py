@@ -119,6 +119,7 @@ class TrainConfig:
     rate_high: float = 1.0
     rate_strength: float = 0.0
     progress_s: float = 30.0  # seconds between progress lines inside an epoch; 0: none
+    init_from: str = ""  # a training result file whose /model weights start this run; empty: random weights
 
     def validate(self) -> None:
         if not self.progress_s >= 0 or math.isinf(self.progress_s):

@@ -48,16 +48,32 @@ def task_attrs(job: Job, task: Task) -> dict:
     return {"job_name": job.name, "job_file": str(job.path), "task_index": task.index, "task_id": task.task_id}
 
 
+def starting_network(cfg: RunConfig):
+    """The trained network ``train.init_from`` names (a SavedNetwork), or None; checked against the hidden sizes now."""
+    if not cfg.train.init_from:
+        return None
+    from snn_runner.config import ConfigError
+    from snn_runner.results.network import read_network
+
+    net = read_network(cfg.train.init_from)
+    if tuple(net.sizes[1:-1]) != tuple(cfg.model.hidden):
+        raise ConfigError(f"train.init_from: {cfg.train.init_from} holds a network of sizes {list(net.sizes)} "
+                          f"(hidden {list(net.sizes[1:-1])}), but this run has hidden {list(cfg.model.hidden)}; "
+                          "use the same hidden sizes or another init_from")
+    return net
+
+
 def _train_into(cfg: RunConfig, result: Path, log, stop, attrs: dict | None) -> RunSummary:
     from snn_runner.results.store import write_train_result
     from snn_runner.runner.train import train
 
     ckpt = checkpoint_for(result)
-    record = train(cfg, ckpt, log=log, stop=stop)
+    record = train(cfg, ckpt, log=log, stop=stop, init=starting_network(cfg))
     from snn_runner.results.network import SavedNetwork
 
     write_train_result(result, cfg.to_dict(), {**record.attrs, **(attrs or {})}, record.rows, record.step_seconds,
-                       record.compile_seconds, record.mode, record.spikes, network=SavedNetwork(**record.network))
+                       record.compile_seconds, record.mode, record.spikes, network=SavedNetwork(**record.network),
+                       best=SavedNetwork(**record.best_network) if record.best_network else None)
     ckpt.unlink(missing_ok=True)  # only once the result is safely in place
     last = record.rows[-1]
     return RunSummary(result, cfg.model.implementation, last["test_accuracy"], last["test_loss"], len(record.rows))

@@ -116,11 +116,13 @@ class runtime_errors:
         from snn_runner.dispatch import ResultExists
         from snn_runner.files import WriteError
         from snn_runner.files.lock import OutputNotWritable, RunLocked
+        from snn_runner.results.network import NoNetworkError
         from snn_runner.runner.checkpoint import CheckpointCorrupt, CheckpointMismatch
         from snn_runner.sparse.library import OpsNotBuiltError
 
         fixable = (OpsNotBuiltError, CheckpointCorrupt, CheckpointMismatch, FileNotFoundError, DataError,
-                   ResultExists, RunLocked, OutputNotWritable, WriteError, IpuUnavailableError)
+                   ResultExists, RunLocked, OutputNotWritable, WriteError, IpuUnavailableError,
+                   NoNetworkError)
         if exc_type is not None and issubclass(exc_type, ConfigError):
             raise click.UsageError(str(exc)) from None
         if exc_type is not None and issubclass(exc_type, fixable):

@@ -70,11 +70,14 @@ def stopped_at_once():
                    "Poplar SDK).")
 @click.option("--progress-s", type=click.FloatRange(min=0), default=_defaults.train.progress_s, show_default=True,
               help="Seconds between progress lines inside an epoch (step, samples/s, loss, ETA); 0: off.")
+@click.option("--init-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Start from the weights of the network trained in this result file (fine-tuning, or "
+                   "retraining at another capacity); sizes must match.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Result file to write  [default: results/<dataset>-<implementation>-<time>.h5]")
 @click.pass_context
 def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, epochs, batch_size, learning_rate,
-          hidden, time_steps, max_activity, seed, backend, progress_s, output):
+          hidden, time_steps, max_activity, seed, backend, progress_s, init_from, output):
     """Train networks and write metrics, timings and spikes to HDF5.
 
     With JOB (a YAML job file): run its tasks (all, or those of --task), one
@@ -99,7 +102,8 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
             data=DataConfig(dataset=dataset, time_steps=time_steps, seed=seed,
                             data_dir=str(data_dir) if data_dir else ""),
             train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                              backend=backend, progress_s=progress_s),
+                              backend=backend, progress_s=progress_s,
+                              init_from=str(init_from) if init_from else ""),
         ).validate()
     except ConfigError as err:
         raise click.UsageError(str(err)) from None

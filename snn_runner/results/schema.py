@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from snn_runner.results.network import NoNetworkError, read_network
-from snn_runner.results.store import LAYER_COLUMNS, METRIC_COLUMNS, READABLE_VERSIONS, SCHEMA_VERSION
+from snn_runner.results.store import (
+    LAYER_COLUMNS,
+    METRIC_COLUMNS,
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    VALIDATION_COLUMNS,
+)
 
 NETWORK_GROUPS = ("model", "model_best")  # schema version 2 train files
 ROOT_ATTRS = ("schema_version", "package_version", "git_revision", "host", "created_utc", "config_json",
@@ -136,6 +142,8 @@ def _check_train(f, attrs: dict, found: list[str]) -> None:
             found.append("attribute 'data_report_json' is not a JSON object")
 
     m = {k: _dataset(f, "metrics", k, found) for k in METRIC_COLUMNS + LAYER_COLUMNS}
+    optional = [k for k in VALIDATION_COLUMNS if k in f["metrics"]]
+    m.update({k: _dataset(f, "metrics", k, found) for k in optional})
     epoch = m["epoch"]
     n = None
     if epoch is not None:
@@ -147,7 +155,7 @@ def _check_train(f, attrs: dict, found: list[str]) -> None:
             found.append(f"'/metrics/epoch' is not 1..{len(epoch)}")
         else:
             n = len(epoch)
-    for key in METRIC_COLUMNS[1:]:
+    for key in (*METRIC_COLUMNS[1:], *optional):
         v = m[key]
         if v is None:
             continue
@@ -172,7 +180,7 @@ def _check_train(f, attrs: dict, found: list[str]) -> None:
             found.append(f"'/metrics/{key}' has shape {list(v.shape)}, expected {want} (epochs, layers)")
         elif not np.isfinite(v).all() or (v < 0).any():
             found.append(f"'/metrics/{key}' has NaN, infinite or negative values")
-    extra = sorted(set(f["metrics"]) - set(METRIC_COLUMNS + LAYER_COLUMNS))
+    extra = sorted(set(f["metrics"]) - set(METRIC_COLUMNS + LAYER_COLUMNS + VALIDATION_COLUMNS))
     found += [f"unexpected entry '/metrics/{k}'" for k in extra]
 
     steps = _dataset(f, "timing", "step_seconds", found)

@@ -31,6 +31,7 @@ READABLE_VERSIONS = (1, 2)
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
 LAYER_COLUMNS = ("spike_rate", "dropped_spikes")
+VALIDATION_COLUMNS = ("validation_loss", "validation_accuracy")  # only with a validation split
 
 
 def git_revision() -> str:
@@ -99,7 +100,8 @@ def write_train_result(path, config: dict[str, Any], attrs: dict[str, Any], rows
         if best is not None:
             write_network(f.create_group("model_best"), best)
         metrics = f.create_group("metrics")
-        for key in METRIC_COLUMNS + LAYER_COLUMNS:
+        validation = tuple(k for k in VALIDATION_COLUMNS if rows and k in rows[0])
+        for key in METRIC_COLUMNS + LAYER_COLUMNS + validation:
             dtype = np.int64 if key in ("epoch", "dropped_spikes") else np.float64
             metrics.create_dataset(key, data=np.asarray([r[key] for r in rows], dtype))
         timing = f.create_group("timing")

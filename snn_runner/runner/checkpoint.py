@@ -29,6 +29,7 @@ class TrainState:
     step_seconds: list = field(default_factory=list)
     compile_seconds: float = 0.0
     resumes: int = 0
+    best: dict = field(default_factory=dict)  # best validation epoch so far: epoch, accuracy, loss
 
 
 def save(path: Path, state: TrainState, weights: list[np.ndarray], optimizer: list[np.ndarray],
@@ -39,7 +40,7 @@ def save(path: Path, state: TrainState, weights: list[np.ndarray], optimizer: li
     state_json = json.dumps({
         "epoch": state.epoch, "batch": state.batch, "rng_state": state.rng_state,
         "tally": state.tally, "rows": state.rows, "compile_seconds": state.compile_seconds,
-        "resumes": state.resumes,
+        "resumes": state.resumes, "best": state.best,
     })
     steps = np.asarray(state.step_seconds, np.float64)
 
@@ -151,7 +152,10 @@ def load(path: Path, config_json: str) -> tuple[TrainState, list[np.ndarray], li
         if not isinstance(raw, dict):
             raise TypeError("state_json is not an object")
         state = TrainState(_int(raw, "epoch"), _int(raw, "batch"), raw["rng_state"], raw["tally"],
-                           raw["rows"], steps, float(raw["compile_seconds"]), _int(raw, "resumes"))
+                           raw["rows"], steps, float(raw["compile_seconds"]), _int(raw, "resumes"),
+                           raw.get("best", {}))
+        if not isinstance(state.best, dict):
+            raise TypeError("best must be an object")
         if state.epoch < 1:
             raise TypeError(f"epoch is {state.epoch}")
         if not isinstance(state.rng_state, dict) or not isinstance(state.tally, dict):

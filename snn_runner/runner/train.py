@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from snn_runner.config import RunConfig
-from snn_runner.data import load_dataset
+from snn_runner.config import ConfigError, RunConfig
+from snn_runner.data import load_splits
 from snn_runner.data.events import EventSet
 from snn_runner.runner import checkpoint
 from snn_runner.runner.budget import check_memory
@@ -41,6 +41,7 @@ class TrainRecord:
     spikes: dict[str, np.ndarray]  # recorded test samples in the sparse format
     attrs: dict = field(default_factory=dict)  # implementation, sizes, capacities, data report, resumes
     network: dict = field(default_factory=dict)  # the trained network (fields of results.network.SavedNetwork)
+    best_network: dict | None = None  # the same after the best validation epoch, when there is a validation split
 
     @property
     def test_accuracy(self) -> float:
@@ -107,10 +108,12 @@ def network_record(spec, params, encoding: dict, epoch: int) -> dict:
 
 
 def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = print,
-          stop: StopOnSignal | None = None) -> TrainRecord:
+          stop: StopOnSignal | None = None, init=None) -> TrainRecord:
     """Train per ``cfg``, checkpointing to ``ckpt_path``; returns the run's record.
 
-    ``cfg.model.implementation`` must be resolved (not ``auto``). Raises
+    ``cfg.model.implementation`` must be resolved (not ``auto``). ``init``
+    (a trained network with ``sizes`` and ``weights``, from
+    ``train.init_from``) replaces the random initial weights. Raises
     ``Interrupted`` (after saving a checkpoint) when ``stop`` reports a
     signal; calling again with the same arguments resumes.
     """
@@ -127,7 +130,8 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     ckpt_path = Path(ckpt_path)
     identity_json = json.dumps(cfg.identity(), sort_keys=True)
     implementation = cfg.model.implementation
-    train_set, test_set = load_dataset(cfg.data, log)
+    sets = load_splits(cfg.data, log)
+    train_set, validation_set, test_set = sets["train"], sets.get("validation"), sets["test"]
     spec = NetworkSpec.from_config(cfg.model, train_set.channels, train_set.classes, train_set.capacity)
     with backend.scope():
         params = Parameters(spec, cfg.train.seed)
@@ -141,12 +145,23 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity, penalty, backend)
     neurons = np.asarray(spec.sizes[1:], np.float64)
 
+    if init is not None:
+        if tuple(init.sizes) != tuple(spec.sizes):
+            raise ConfigError(f"train.init_from: {cfg.train.init_from} holds a network of sizes {list(init.sizes)}, "
+                              f"but this run's network is {list(spec.sizes)}; use matching data and hidden sizes")
+        for var, value in zip(params.weights, init.weights):
+            var.assign(value)
+        log(f"init: weights from {cfg.train.init_from} (epoch {init.epoch})")
     state = TrainState(rng_state=np.random.default_rng(cfg.train.seed).bit_generator.state)
+    best_weights = None  # weights after the best validation epoch (the test set never selects a model)
     loaded = checkpoint.load(ckpt_path, identity_json)
     if loaded is not None:
         state, weights, slots = loaded
-        expected = [tuple(v.shape) for v in (*params.trainable, *optimizer.variables)]
-        found = [tuple(np.shape(v)) for v in (*weights, *slots)]
+        # the best-validation weights, when there are some, follow the current ones
+        weights, best_weights = weights[:len(params.trainable)], weights[len(params.trainable):] or None
+        expected = [tuple(v.shape) for v in (*params.trainable, *(params.trainable if best_weights else ()),
+                                             *optimizer.variables)]
+        found = [tuple(np.shape(v)) for v in (*weights, *(best_weights or ()), *slots)]
         if found != expected:
             raise checkpoint.CheckpointCorrupt(f"checkpoint {ckpt_path} holds arrays of shapes {found}, this run needs "
                                                f"{expected}; delete it to start afresh")
@@ -158,7 +173,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
         log(f"resume: from {ckpt_path} at epoch {state.epoch}, batch {state.batch}")
 
     def save_state() -> None:
-        checkpoint.save(ckpt_path, state, [w.numpy() for w in params.trainable],
+        checkpoint.save(ckpt_path, state, [w.numpy() for w in params.trainable] + (best_weights or []),
                         [v.numpy() for v in optimizer.variables], identity_json)
 
     batch_size = cfg.train.batch_size
@@ -203,14 +218,24 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
             "spike_rate": rate.tolist(),
             "dropped_spikes": tally.dropped.tolist(),
         }
+        if validation_set is not None:
+            val = evaluate_set(steps, validation_set, batch_size, spec.layers)
+            row["validation_loss"] = val.loss / val.samples
+            row["validation_accuracy"] = val.correct / val.samples
+            # best: highest validation accuracy, then lowest validation loss, then the earliest epoch
+            if not state.best or ((row["validation_accuracy"], -row["validation_loss"])
+                                  > (state.best["accuracy"], -state.best["loss"])):
+                state.best = {"epoch": epoch, "accuracy": row["validation_accuracy"], "loss": row["validation_loss"]}
+                best_weights = [w.numpy() for w in params.trainable]
         state.rows.append(row)
         state.epoch, state.batch, state.tally = epoch + 1, 0, {}
         state.rng_state = rng.bit_generator.state
         save_state()
+        val_text = f"val_acc {row['validation_accuracy']:.3f}  " if "validation_accuracy" in row else ""
         log(
             f"epoch {epoch}/{cfg.train.epochs}  loss {row['train_loss']:.4f}  "
             f"acc {row['train_accuracy']:.3f}  test_loss {row['test_loss']:.4f}  "
-            f"test_acc {row['test_accuracy']:.3f}  "
+            f"test_acc {row['test_accuracy']:.3f}  {val_text}"
             f"rate {'/'.join(f'{r:.3f}' for r in rate)}  "
             f"dropped {int(tally.dropped.sum())}  {row['epoch_seconds']:.1f}s"
         )
@@ -224,6 +249,10 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
              "sizes": np.asarray(spec.sizes), "capacities": np.asarray(spec.capacities)}
     from snn_runner.data.encoding import input_encoding
 
-    network = network_record(spec, params, input_encoding(cfg.data, train_set.channels), len(state.rows))
+    encoding = input_encoding(cfg.data, train_set.channels)
+    network = network_record(spec, params, encoding, len(state.rows))
+    best = None
+    if best_weights is not None:
+        best = {**network, "weights": best_weights, "epoch": state.best["epoch"]}
     return TrainRecord(state.rows, state.step_seconds, state.compile_seconds, steps.mode,
-                       _record_spikes(steps, test_set), attrs, network)
+                       _record_spikes(steps, test_set), attrs, network, best)
