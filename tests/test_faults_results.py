@@ -198,6 +198,7 @@ def _cases(originals, folder):
     return cases
 
 
+@pytest.mark.slow
 def test_fuzz_inspect_and_collect(originals, tmp_path):
     stats = {"cases": 0, "clear errors": 0, "accepted": 0, "tracebacks": 0}
     for src in originals.values():

@@ -18,6 +18,8 @@ import pytest
 
 from snn_runner.results.schema import is_complete
 
+pytestmark = pytest.mark.slow  # several real training processes, some of them side by side
+
 TINY = ["--implementation", "dense", "--epochs", "1", "--hidden", "16", "--time-steps", "20"]
 # long enough (several seconds of training) that two runs started together overlap
 SLOWER = ["--implementation", "dense", "--epochs", "2", "--hidden", "128", "--time-steps", "100"]

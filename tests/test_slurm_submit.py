@@ -192,12 +192,27 @@ def test_image_runs_tasks_through_the_launcher(tmp_path):
     assert cmd == "apptainer exec --nv -B /data:/data /images/snn.sif python3"
 
 
+def _epochs_lasting(seconds: float, tmp_path: Path) -> int:
+    """How many epochs of LONG take about ``seconds`` on this machine now (it may be idle or busy)."""
+    from snn_runner.dispatch import run_training
+    from snn_runner.jobs import load_job
+
+    probe = tmp_path / "probe.yaml"
+    probe.write_text(LONG.replace("epochs: 4", "epochs: 3"))
+    cfg = load_job(probe).task(0).config
+    run = run_training(cfg, tmp_path / "probe.h5", log=lambda _: None)
+    per_epoch = float(np.median(read_result(run.path)["metrics"]["epoch_seconds"][1:]))
+    return int(min(2000, max(60, seconds / per_epoch)))
+
+
 def test_task_hitting_its_time_limit_is_requeued_and_resumes(slurm_cluster, tmp_path):
     # 1-minute limit, USR2 10 s before it (Slurm checks limits every ~30 s, so it
-    # lands 20-50 s in), and about 50 s of training: runs are stopped, save between
-    # two steps, are requeued by submitit and resume until done.
+    # lands 20-50 s in), and about 75 s of training (sized on this machine as it is
+    # now): runs are stopped, save between two steps, are requeued by submitit and
+    # resume until done.
+    epochs = _epochs_lasting(75.0, tmp_path)
     job = tmp_path / "timeout.yaml"
-    job.write_text(LONG.replace("epochs: 4", "epochs: 120").replace(
+    job.write_text(LONG.replace("epochs: 4", f"epochs: {epochs}").replace(
         "resources: {partition: debug, time_min: 10,", "resources: {partition: debug, time_min: 1, signal_delay_s: 10, max_timeouts: 12,"))
     out = tmp_path / "out"
     assert cli("submit", str(job), "--output", str(out), cwd=tmp_path).returncode == 0
