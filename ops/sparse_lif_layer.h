@@ -112,11 +112,14 @@ struct BwdLayer {
   const int32_t* ids;           // [B, T, K]
   const int32_t* count;         // [B, T]
   const float* sur;             // [B, T, K]
+  const float* grad_values = nullptr;  // [B, T, K] d loss / d slot value, or none
   std::vector<int32_t> filled;  // [B, T] non-padding slots (set by CheckSlots)
   float* dw;                    // output [n_in, n_out]
 };
 
-// Writes every layer's dw for B, T > 0, given d loss / d logits [B, n_L].
+// Writes every layer's dw for B, T > 0, given d loss / d logits [B, n_L]
+// and, for layers with grad_values, the gradient of each filled slot's value
+// (added to what the slot gets from the logits or the next layer).
 absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
                          const std::vector<BwdLayer>& layers, float input_scale,
                          const float* grad_logits);

@@ -365,14 +365,17 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
   Arena shared(scratch.Shared());
   carve_shared(shared);
 
-  // Last layer: every filled slot receives the logit gradient of its neuron.
+  // Last layer: every filled slot receives the logit gradient of its neuron
+  // (and its own value gradient, if any).
   {
     const BwdLayer& L = layers[N - 1];
     const float* g = grad_logits;
+    const float* gv = L.grad_values;
     for (int64_t bt = 0; bt < B * T; ++bt) {
       const int64_t b = bt / T;
       for (int64_t k = 0; k < L.K; ++k) {
-        ds_cur[bt * L.K + k] = k < L.filled[bt] ? g[b * L.n_out + L.ids[bt * L.K + k]] : 0.f;
+        const int64_t i = bt * L.K + k;
+        ds_cur[i] = k < L.filled[bt] ? g[b * L.n_out + L.ids[i]] + (gv ? gv[i] : 0.f) : 0.f;
       }
     }
   }
@@ -429,15 +432,20 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
     }
     if (l > 0) {
       // ds of the previous layer = the group partials summed in group
-      // order, so the result does not depend on scheduling.
+      // order, so the result does not depend on scheduling, plus that
+      // layer's value gradients if any (padding slots too: never read).
       const int64_t n = B * T * Kp;
       const int64_t ng = p.ngroups;
+      const float* gv = layers[l - 1].grad_values;
       pool.ForEachUnit(nthreads, [&](int64_t part, int) {
         const int64_t i0 = part * n / nthreads, i1 = (part + 1) * n / nthreads;
         for (int64_t i = i0; i < i1; ++i) {
           float acc = dsp[i];
           for (int64_t gi = 1; gi < ng; ++gi) acc += dsp[gi * n + i];
           ds_next[i] = acc;
+        }
+        if (gv != nullptr) {
+          for (int64_t i = i0; i < i1; ++i) ds_next[i] += gv[i];
         }
       });
       std::swap(ds_cur, ds_next);

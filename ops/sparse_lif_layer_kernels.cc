@@ -1,7 +1,7 @@
-// CPU kernels of SnnSparseLifLayer and SnnSparseLifLayerGrad (registered in
-// sparse_lif_layer_ops.cc): input checks and output allocation; the passes
-// themselves are in sparse_lif_layer_forward.cc and
-// sparse_lif_layer_backward.cc.
+// CPU kernels of SnnSparseLifLayer and SnnSparseLifLayerGrad (also run as
+// SnnSparseLifLayerGradWithValues; registered in sparse_lif_layer_ops.cc):
+// input checks and output allocation; the passes themselves are in
+// sparse_lif_layer_forward.cc and sparse_lif_layer_backward.cc.
 
 #include <algorithm>
 #include <cstdint>
@@ -252,6 +252,11 @@ class SnnSparseLifLayerGradOp : public OpKernel {
     const std::vector<const Tensor*> ids = record(FusedLayout::kIds);
     const std::vector<const Tensor*> count = record(FusedLayout::kCount);
     const std::vector<const Tensor*> sur = record(FusedLayout::kSurrogate);
+    // SnnSparseLifLayerGradWithValues: d loss / d slot value of every layer.
+    const bool with_values = ctx->num_inputs() == io.num_grad_inputs(true);
+    const std::vector<const Tensor*> grad_values =
+        with_values ? LayerInputs(ctx, N, [&](int l) { return io.grad_values_input(l); })
+                    : std::vector<const Tensor*>(N, nullptr);
     std::vector<int64_t> sizes;
     OP_REQUIRES_OK(ctx, CheckNetwork(in_ids, in_count, weights, params, caps_, &sizes));
     const LifInput in{in_ids.flat<int32_t>().data(), in_count.flat<int32_t>().data(),
@@ -279,9 +284,16 @@ class SnnSparseLifLayerGradOp : public OpKernel {
                                           ", got ", ids[l]->shape().DebugString(), ", ",
                                           sur[l]->shape().DebugString(), ", ",
                                           count[l]->shape().DebugString()));
+      if (grad_values[l] != nullptr) {
+        OP_REQUIRES(ctx, grad_values[l]->shape() == s3,
+                    errors::InvalidArgument("grad_values[", l, "] must be ", s3.DebugString(),
+                                            " like ids[", l, "], got ",
+                                            grad_values[l]->shape().DebugString()));
+      }
       BwdLayer& L = layers[l];
       L.wt = weights[l]->flat<float>().data();
       L.alpha = params[0].tensors[l]->flat<float>().data();
+      L.grad_values = grad_values[l] != nullptr ? grad_values[l]->flat<float>().data() : nullptr;
       L.n_in = sizes[l];
       L.n_out = sizes[l + 1];
       L.K = K;
@@ -327,6 +339,8 @@ class SnnSparseLifLayerGradOp : public OpKernel {
 
 REGISTER_KERNEL_BUILDER(Name("SnnSparseLifLayer").Device(DEVICE_CPU), SnnSparseLifLayerOp);
 REGISTER_KERNEL_BUILDER(Name("SnnSparseLifLayerGrad").Device(DEVICE_CPU), SnnSparseLifLayerGradOp);
+REGISTER_KERNEL_BUILDER(Name("SnnSparseLifLayerGradWithValues").Device(DEVICE_CPU),
+                        SnnSparseLifLayerGradOp);
 
 }  // namespace snn
 }  // namespace tensorflow

@@ -1,8 +1,10 @@
 // Registration and shape functions of SnnSparseLifLayer (the fused
-// multi-layer LIF network over all time steps) and SnnSparseLifLayerGrad
-// (its BPTT weight gradient). The kernels are in sparse_lif_layer_kernels.cc;
-// the flat order of the list arguments declared here is spelled out once,
-// for kernels and shape functions alike, in common/fused_layout.h.
+// multi-layer LIF network over all time steps), SnnSparseLifLayerGrad
+// (its BPTT weight gradient) and SnnSparseLifLayerGradWithValues (the same
+// with incoming gradients of the slot values, for activity regularisation).
+// The kernels are in sparse_lif_layer_kernels.cc; the flat order of the list
+// arguments declared here is spelled out once, for kernels and shape
+// functions alike, in common/fused_layout.h.
 
 #include <vector>
 
@@ -115,6 +117,10 @@ absl::Status GradShape(InferenceContext* c) {
                                 c->MakeShape({d.B, d.T}), &s2));
     TF_RETURN_IF_ERROR(c->Merge(c->input(io.grad_record_input(FusedLayout::kSurrogate, l)),
                                 c->MakeShape({d.B, d.T, d.caps[l]}), &s3));
+    if (c->num_inputs() == io.num_grad_inputs(true)) {
+      TF_RETURN_IF_ERROR(c->Merge(c->input(io.grad_values_input(l)),
+                                  c->MakeShape({d.B, d.T, d.caps[l]}), &s3));
+    }
     c->set_output(io.grad_weights_output(l), c->input(io.grad_weights_input(l)));
   }
   return absl::OkStatus();
@@ -165,6 +171,32 @@ REGISTER_OP("SnnSparseLifLayerGrad")
     .Doc(R"doc(
 BPTT weight gradients of SnnSparseLifLayer given d loss / d logits and the
 forward op's ids, count and surrogate outputs.
+)doc");
+
+// The same with an extra incoming gradient per slot (activity regularisation:
+// spike counts are sums of slot values, as in SnnSelectSpikes). A separate op
+// so that the common case, a loss on the logits only, passes nothing extra.
+REGISTER_OP("SnnSparseLifLayerGradWithValues")
+    .Input("grad_logits: float")
+    .Input("in_ids: int32")
+    .Input("in_count: int32")
+    .Input("weights: N * float")
+    .Input("alpha: N * float")
+    .Input("ids: N * int32")
+    .Input("count: N * int32")
+    .Input("surrogate: N * float")
+    .Input("grad_values: N * float")
+    .Output("grad_weights: N * float")
+    .Attr("N: int >= 1")
+    .Attr("capacities: list(int)")
+    .Attr("input_scale: float = 10.0")
+    .SetShapeFn(GradShape)
+    .Doc(R"doc(
+SnnSparseLifLayerGrad plus, per layer, grad_values [B, T, K]: d loss / d value
+of each slot, where a slot's value is 1 for a transmitted spike and 0 for a
+gradient carrier (the SparseSpikes convention). It is added to the slot's
+gradient before the surrogate, so it reaches the membrane of every filled slot
+(spikes and carriers); padding slots ignore it.
 )doc");
 
 }  // namespace tensorflow

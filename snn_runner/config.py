@@ -148,10 +148,11 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
-        if self.train.rate_strength > 0 and self.model.implementation == "sparse_layer":
-            raise ConfigError("train.rate_strength: activity regularisation is not available with sparse_layer "
-                              "(its fused gradient covers the loss on the logits only); use dense or sparse_ops, "
-                              "or set rate_strength to 0")
+        if self.train.rate_strength > 0 and self.model.implementation == "sparse_layer" \
+                and self.train.backend == "ipu":
+            raise ConfigError("train.rate_strength: activity regularisation with sparse_layer is not available on "
+                              "the IPU backend (its Poplar gradient covers the loss on the logits only); use "
+                              "sparse_ops or dense there, or set rate_strength to 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:

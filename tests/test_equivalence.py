@@ -132,9 +132,11 @@ def test_implementations_agree_with_each_other_at_low_capacity():
     assert_grads_close(gb, ga)
 
 
-def test_rate_penalty_gradient_of_sparse_ops_equals_dense():
-    # sparse_ops counts spikes as a sum of differentiable values, so activity
-    # regularisation trains it exactly like the dense model (K = n, theta2 = -inf).
+@pytest.mark.parametrize("implementation", SPARSE)
+def test_rate_penalty_gradient_equals_dense(implementation):
+    # Both sparse implementations count spikes as a sum of differentiable
+    # slot values, so activity regularisation trains them exactly like the
+    # dense model (K = n, theta2 = -inf).
     spec, params, ids, count, _ = setup(4, max_activity=1.0, threshold2_fraction=-math.inf)
     penalty = rate_penalty(0.2, 0.3, 50.0, STEPS, spec.sizes[1:])  # rates are ~0.05-0.2: the low hinge acts
 
@@ -145,8 +147,52 @@ def test_rate_penalty_gradient_of_sparse_ops_equals_dense():
         return loss.numpy(), [g.numpy() for g in tape.gradient(loss, params.trainable)]
 
     dense_loss, dense_grads = grads("dense")
-    sparse_loss, sparse_grads = grads("sparse_ops")
+    sparse_loss, sparse_grads = grads(implementation)
     assert dense_loss > 0
     np.testing.assert_allclose(sparse_loss, dense_loss, rtol=1e-6)
     assert all(np.abs(g).sum() > 0 for g in dense_grads)
     assert_grads_close(sparse_grads, dense_grads)
+
+
+def regularised_grads(model, params, ids, count, penalty):
+    """Weight gradients of the training loss with the activity regulariser: cross-entropy + rate penalty."""
+    labels = tf.constant(np.arange(BATCH) % N_OUT, tf.int64)
+    with tf.GradientTape() as tape:
+        out = model(ids, count)
+        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, out.logits))
+        loss = ce + penalty(out.spikes, BATCH)
+    return out, [g.numpy() for g in tape.gradient(loss, params.trainable)]
+
+
+def assert_penalty_matters(params, ids, count, model, penalty, regularised):
+    _, plain = regularised_grads(model, params, ids, count, lambda spikes, batch: 0.0)
+    assert any(not np.allclose(r, p, rtol=1e-3) for r, p in zip(regularised, plain)), \
+        "the rate penalty must change the gradient for a meaningful comparison"
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_sparse_layer_cross_entropy_and_rate_penalty_gradient_equals_dense(seed):
+    spec, params, ids, count, _ = setup(seed, max_activity=1.0, threshold2_fraction=-math.inf)
+    penalty = rate_penalty(0.2, 0.3, 5.0, STEPS, spec.sizes[1:])
+    dense_out, dense_grads = regularised_grads(build_model("dense", spec, params), params, ids, count, penalty)
+    model = build_model("sparse_layer", spec, params)
+    out, grads = regularised_grads(model, params, ids, count, penalty)
+    np.testing.assert_array_equal(out.spikes.numpy(), dense_out.spikes.numpy())
+    assert_penalty_matters(params, ids, count, model, penalty, grads)
+    assert_grads_close(grads, dense_grads)
+
+
+@pytest.mark.parametrize("max_activity,seed", [(1.0, 3), (0.1, 7)])
+def test_sparse_layer_rate_penalty_gradient_equals_sparse_ops_with_finite_theta2(max_activity, seed):
+    # finite theta2: carriers only above it; max_activity 0.1: spikes dropped too
+    spec, params, ids, count, _ = setup(seed, max_activity=max_activity, threshold2_fraction=0.5)
+    penalty = rate_penalty(0.2, 0.3, 5.0, STEPS, spec.sizes[1:])
+    ops_out, ops_grads = regularised_grads(build_model("sparse_ops", spec, params), params, ids, count, penalty)
+    model = build_model("sparse_layer", spec, params)
+    out, grads = regularised_grads(model, params, ids, count, penalty)
+    np.testing.assert_array_equal(out.spikes.numpy(), ops_out.spikes.numpy())
+    np.testing.assert_array_equal(out.dropped.numpy(), ops_out.dropped.numpy())
+    if max_activity < 1:
+        assert out.dropped.numpy().sum() > 0
+    assert_penalty_matters(params, ids, count, model, penalty, grads)
+    assert_grads_close(grads, ops_grads)

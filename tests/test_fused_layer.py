@@ -80,8 +80,14 @@ def reference_forward(in_ids, in_count, weights, alpha, theta, theta2, caps, c=1
     return logits, ids, count, dropped, surrogate
 
 
-def reference_grad(grad_logits, in_ids, in_count, weights, alpha, ids, count, surrogate, c=10.0):
-    """BPTT of the weights in float64, given the forward's slots."""
+def reference_grad(grad_logits, in_ids, in_count, weights, alpha, ids, count, surrogate, c=10.0,
+                   grad_count=None):
+    """BPTT of the weights in float64, given the forward's slots.
+
+    ``grad_count`` (per layer [B, T], optional) is d loss / d spike count:
+    a count is the sum of its slot values (1 per spike, 0 per carrier), so
+    every filled slot of (b, t) receives it.
+    """
     B, T, _ = in_ids.shape
     L = len(weights)
     w64 = [w.astype(np.float64) for w in weights]
@@ -90,10 +96,13 @@ def reference_grad(grad_logits, in_ids, in_count, weights, alpha, ids, count, su
         eps = [np.zeros(w.shape[1]) for w in weights]
         # ds[l][t, k] = dL / d(slot k of layer l at step t)
         ds = [np.zeros((T, ids[l].shape[2])) for l in range(L)]
+        if grad_count is not None:
+            for l in range(L):
+                ds[l] += np.where(ids[l][b] >= 0, grad_count[l][b][:, None].astype(np.float64), 0.0)
         for t in range(T):
             for k in range(ids[L - 1].shape[2]):
                 if ids[L - 1][b, t, k] >= 0:
-                    ds[L - 1][t, k] = grad_logits[b, ids[L - 1][b, t, k]]
+                    ds[L - 1][t, k] += grad_logits[b, ids[L - 1][b, t, k]]
         for t in range(T - 1, -1, -1):
             for l in range(L - 1, -1, -1):
                 a = alpha[l].astype(np.float64)
@@ -115,7 +124,7 @@ def reference_grad(grad_logits, in_ids, in_count, weights, alpha, ids, count, su
                     for k in range(ids[l - 1].shape[2]):
                         j = ids[l - 1][b, t - 1, k]
                         if j >= 0:
-                            ds[l - 1][t - 1, k] = w64[l][j] @ g_current
+                            ds[l - 1][t - 1, k] += w64[l][j] @ g_current
     return grads
 
 
@@ -419,6 +428,98 @@ def test_repeatable():
 
 
 # ---------------------------------------------------------------------------
+# Gradients of the spike counts (activity regularisation)
+# ---------------------------------------------------------------------------
+
+
+def _count_loss_grads(case, weights, grad_count, with_logits=True):
+    with tf.GradientTape() as tape:
+        out = case.call(weights)
+        loss = tf.add_n([tf.reduce_sum(c * g) for c, g in zip(out.spike_count, grad_count, strict=True)])
+        if with_logits:
+            loss += tf.reduce_sum(out.logits * case.grad_logits)
+    return out, [g.numpy() for g in tape.gradient(loss, weights)]
+
+
+@pytest.mark.parametrize(
+    "name,with_logits",
+    [("full_capacity_inf_theta2", True), ("finite_theta2_carriers", True), ("tiny_capacity_drops", True),
+     ("sample_blocks", True), ("wide_multi_tile", True), ("finite_theta2_carriers", False)],
+)
+def test_spike_count_gradient_matches_reference(name, with_logits):
+    case = Case(seed=11, **CASES[name][0])
+    _, ids, count, _, surrogate, _ = case.run_reference()
+    rng = np.random.default_rng(12)
+    grad_count = [rng.normal(size=c.shape).astype(F32) for c in count]
+    grad_logits = case.grad_logits if with_logits else np.zeros_like(case.grad_logits)
+    ref_args = (case.in_ids, case.in_count, case.weights, case.alpha, ids, count, surrogate, case.c)
+    ref = reference_grad(grad_logits, *ref_args, grad_count=grad_count)
+    without = reference_grad(grad_logits, *ref_args)
+    out, grads = _count_loss_grads(case, [tf.Variable(w) for w in case.weights], grad_count, with_logits)
+    for l, c in enumerate(count):
+        assert out.spike_count[l].dtype == tf.float32
+        np.testing.assert_array_equal(out.spike_count[l].numpy(), c, err_msg=f"spike_count[{l}]")
+    for l, (g, r, w) in enumerate(zip(grads, ref, without, strict=True)):
+        scale = np.abs(r).max()
+        assert scale > 0 and not np.allclose(r, w, rtol=1e-3), f"the count term must matter in layer {l}"
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * scale, err_msg=f"grad[{l}]")
+
+
+def test_spike_count_gradient_of_one_layer_only():
+    # The other layers' value gradients are filled with zeros.
+    case = Case(seed=14, **CASES["finite_theta2_carriers"][0])
+    _, ids, count, _, surrogate, _ = case.run_reference()
+    grad_count = [np.zeros(c.shape, F32) for c in count]
+    grad_count[1] = np.random.default_rng(15).normal(size=count[1].shape).astype(F32)
+    weights = [tf.Variable(w) for w in case.weights]
+    with tf.GradientTape() as tape:
+        out = case.call(weights)
+        loss = tf.reduce_sum(out.logits * case.grad_logits) + tf.reduce_sum(out.spike_count[1] * grad_count[1])
+    grads = tape.gradient(loss, weights)
+    ref = reference_grad(case.grad_logits, case.in_ids, case.in_count, case.weights, case.alpha, ids, count,
+                         surrogate, case.c, grad_count=grad_count)
+    for g, r in zip(grads, ref, strict=True):
+        np.testing.assert_allclose(g.numpy(), r, rtol=1e-4, atol=1e-5 * np.abs(r).max())
+
+
+def test_plain_gradient_op_unless_the_counts_are_in_the_loss():
+    case = Case(seed=13, sizes=[12, 9, 5], caps=[4, 5], T=7, B=2, K0=3, gain=3.0)
+    weights = [tf.Variable(w) for w in case.weights]
+
+    @tf.function
+    def step(with_counts):
+        with tf.GradientTape() as tape:
+            out = case.call(weights)
+            loss = tf.reduce_sum(out.logits * case.grad_logits)
+            if with_counts:
+                loss += tf.reduce_sum(out.spike_count[0])
+            # counts outside the loss do not count
+            tf.reduce_sum(out.spike_count[1])
+        return tape.gradient(loss, weights)
+
+    def op_types(with_counts):
+        return {op.type for op in step.get_concrete_function(with_counts).graph.get_operations()}
+
+    plain, regularised = op_types(False), op_types(True)
+    assert "SnnSparseLifLayerGrad" in plain and "SnnSparseLifLayerGradWithValues" not in plain
+    assert "SnnSparseLifLayerGradWithValues" in regularised and "SnnSparseLifLayerGrad" not in regularised
+
+
+def test_spike_count_gradient_can_be_refused():
+    from snn_runner.sparse.fused import spike_count
+
+    case = Case(seed=16, sizes=[12, 9, 5], caps=[4, 5], T=7, B=2, K0=3, gain=3.0)
+    res = library.load().snn_sparse_lif_layer(case.in_ids, case.in_count, case.weights, case.alpha, case.theta,
+                                              case.theta2, capacities=case.caps)
+    surrogate = tf.Variable(res.surrogate[0])
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(spike_count(res.count[0], surrogate, unsupported="not on this backend"))
+    assert total.numpy() == res.count[0].numpy().sum()
+    with pytest.raises(NotImplementedError, match="not on this backend"):
+        tape.gradient(total, surrogate)
+
+
+# ---------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------
 
@@ -572,3 +673,26 @@ def test_grad_op_rejects_inconsistent_slots(small):
     bad_count[0, 0] = 4  # more than K
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"count\[0\]\[0,0\] = 4"):
         grad(ids, [tf.constant(bad_count), count[1]])
+
+
+def test_grad_op_with_values_checks_their_shapes(small):
+    ops = library.load()
+    res = ops.snn_sparse_lif_layer(small.in_ids, small.in_count, small.weights, small.alpha, small.theta,
+                                   small.theta2, capacities=small.caps)
+    sur = list(res.surrogate)
+
+    def grad(values):
+        return ops.snn_sparse_lif_layer_grad_with_values(
+            np.ones((2, 4), F32), small.in_ids, small.in_count, small.weights, small.alpha, list(res.ids),
+            list(res.count), sur, values, capacities=small.caps)
+
+    grad([tf.zeros_like(s) for s in sur])  # accepted
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="grad_values|Dimension|Shapes"):
+        grad([tf.zeros_like(sur[0]), tf.zeros([2, 5, 3])])
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+    def hidden(v1):
+        return grad([tf.zeros_like(sur[0]), v1])
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"grad_values\[1\] must be \[2,5,4\]"):
+        hidden(np.zeros((2, 5, 3), F32))

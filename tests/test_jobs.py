@@ -112,8 +112,9 @@ def test_bench_job_refuses_keys_its_preset_decides(tmp_path, key):
 
 
 def test_rules_between_sections_are_checked_when_the_job_is_loaded(tmp_path):
-    text = BASE + "sweep: {list: [{model.implementation: sparse_layer, train.rate_strength: 1.0}]}\n"
-    with pytest.raises(JobFileError, match="not available with sparse_layer"):
+    text = BASE + ("sweep: {list: [{model.implementation: sparse_layer, train.rate_strength: 1.0, "
+                   "train.backend: ipu}]}\n")
+    with pytest.raises(JobFileError, match="not available on the IPU backend"):
         load_job(write(tmp_path, text))
 
 

@@ -60,17 +60,36 @@ def test_rate_regularisation_lowers_activity_and_optimizers_are_selectable(tmp_p
     assert read_result(capped.path)["config"]["train"]["optimizer"] == "rmsprop"
 
 
-def test_rate_regularisation_with_sparse_layer_is_refused_by_validation(easy_config):
+def test_rate_regularisation_with_sparse_layer_is_refused_only_on_the_ipu(easy_config):
     from snn_runner.config import ConfigError
 
-    with pytest.raises(ConfigError, match="not available with sparse_layer"):
-        easy_config.replace("model", implementation="sparse_layer").replace("train", rate_strength=1.0)
+    fused = easy_config.replace("model", implementation="sparse_layer").replace("train", rate_strength=1.0)
+    assert fused.train.rate_strength == 1.0  # the fused gradient takes the rate term on the CPU
+    with pytest.raises(ConfigError, match="not available on the IPU backend"):
+        fused.replace("train", backend="ipu")
 
 
-def test_auto_with_rate_regularisation_resolves_to_an_implementation_that_supports_it(easy_config):
+def test_auto_is_resolved_once_to_the_fastest_implementation(easy_config):
     from snn_runner.dispatch import resolve
     from snn_runner.sparse import library
 
     cfg = resolve(easy_config.replace("model", implementation="auto").replace("train", rate_strength=1.0))
-    assert cfg.model.implementation == ("sparse_ops" if library.available() else "dense")
+    assert cfg.model.implementation == ("sparse_layer" if library.available() else "dense")
     assert resolve(cfg) == cfg  # resolved once, then left alone
+    ipu = easy_config.replace("model", implementation="auto").replace("train", rate_strength=1.0, backend="ipu")
+    if library.available():
+        assert resolve(ipu).model.implementation == "sparse_ops"
+
+
+def test_rate_regularisation_works_with_sparse_layer(tmp_path, easy_config):
+    from snn_runner.sparse import library
+
+    if not library.available():
+        pytest.skip("compiled ops not built (run scripts/build-ops)")
+    base = easy_config.replace("model", implementation="sparse_layer", max_activity=1.0)
+    plain = train(base, tmp_path / "plain.h5", log=lambda _: None)
+    capped = train(base.replace("train", rate_high=0.005, rate_strength=100.0), tmp_path / "capped.h5",
+                   log=lambda _: None)
+    rate_plain = read_result(plain.path)["metrics"]["spike_rate"][-1]
+    rate_capped = read_result(capped.path)["metrics"]["spike_rate"][-1]
+    assert np.all(rate_capped < 0.8 * rate_plain), (rate_plain, rate_capped)

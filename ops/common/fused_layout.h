@@ -34,7 +34,10 @@ struct FusedLayout {
 
   // SnnSparseLifLayerGrad inputs: grad_logits, in_ids, in_count, then N each
   // of weights, alpha and the forward's ids, count, surrogate; outputs: the
-  // N weight gradients.
+  // N weight gradients. SnnSparseLifLayerGradWithValues takes the same inputs
+  // followed by N grad_values (d loss / d value of each slot, [B, T, K_l]:
+  // the gradient of the spike counts, as if each slot held a SparseSpikes
+  // value), and has the same outputs.
   static constexpr int kGradLogits = 0;
   static constexpr int kGradInIds = 1;
   static constexpr int kGradInCount = 2;
@@ -44,6 +47,8 @@ struct FusedLayout {
     // ids, count and surrogate are passed back; dropped is not.
     return 3 + (r == kSurrogate ? 4 : 2 + r) * n + l;
   }
+  int grad_values_input(int l) const { return 3 + 5 * n + l; }
+  int num_grad_inputs(bool with_values) const { return 3 + (with_values ? 6 : 5) * n; }
   int grad_weights_output(int l) const { return l; }
 };
 

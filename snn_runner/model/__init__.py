@@ -35,8 +35,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.model.implementation != "auto":
         return cfg
     implementation = resolve_implementation("auto")
-    if implementation == "sparse_layer" and cfg.train.rate_strength > 0:
-        implementation = "sparse_ops"  # the fastest one whose gradient covers the activity regulariser
+    if implementation == "sparse_layer" and cfg.train.rate_strength > 0 and cfg.train.backend == "ipu":
+        implementation = "sparse_ops"  # the IPU's fused gradient does not cover the activity regulariser
     return cfg.replace("model", implementation=implementation)
 
 

@@ -2,7 +2,9 @@
 
 Forward (all layers, all T steps) and BPTT run inside the backend's fused
 op (`SnnSparseLifLayer` and its gradient on the CPU, the sparse_lif_layer
-Poplar op on the IPU).
+Poplar op on the IPU). The per-layer spike totals are sums of the op's
+differentiable `spike_count`, so activity regularisation trains the weights
+as in `sparse_ops` (on the CPU; the IPU op refuses that gradient).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class SparseLayerModel:
 
     def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
         out = self._fused(ids, count)
-        totals = tf.stack([tf.cast(tf.reduce_sum(c), tf.float32) for c in out.count])
+        # summing the float counts keeps the totals differentiable for rate regularisation
+        totals = tf.stack([tf.reduce_sum(c) for c in out.spike_count])
         dropped = tf.stack([tf.reduce_sum(d) for d in out.dropped])
         return ModelOutput(out.logits, totals, dropped)
 

@@ -3,7 +3,17 @@
 `sparse_lif_layer` runs a whole network of LIF layers over all time steps in
 one custom op (``SnnSparseLifLayer``); its gradient with respect to the
 weights is computed by ``SnnSparseLifLayerGrad`` through the gradient
-registered below.
+registered below, or by ``SnnSparseLifLayerGradWithValues`` when the loss
+also depends on the spike counts (activity regularisation).
+
+How spike counts stay differentiable: as in ``sparse_ops``, a count is the
+sum of the slot values (1 per transmitted spike, 0 per carrier; see
+``SparseSpikes``), so d count / d u is the surrogate at every filled slot.
+The op has no values output; ``spike_count`` returns the counts as float32
+and sends their gradient, one entry per slot, to the op's ``surrogate``
+output. The registered gradient reads what arrives there as d loss / d slot
+value. (The surrogate is internal: ``FusedOutput`` does not expose it, so
+nothing else differentiates through it.)
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import tensorflow as tf
 
 from snn_runner.sparse import library
 
-__all__ = ["FusedLayout", "FusedOutput", "check_inputs", "sparse_lif_layer"]
+__all__ = ["FusedLayout", "FusedOutput", "check_inputs", "sparse_lif_layer", "spike_count"]
 
 
 class FusedLayout(NamedTuple):
@@ -72,13 +82,39 @@ class FusedOutput(NamedTuple):
 
     Slots hold the transmitted spikes (first ``count``) in ascending neuron
     order, then gradient carriers, then -1. The op's surrogate output is only
-    used by the gradient and not returned.
+    used by the gradient and not returned. ``spike_count`` is ``count`` as
+    float32 and differentiable (see ``spike_count``): a loss on it (activity
+    regularisation) trains the weights as in ``sparse_ops``.
     """
 
     logits: tf.Tensor  # [B, n_L] float32
     ids: list[tf.Tensor]  # per layer [B, T, K_l] int32, -1 = empty slot
     count: list[tf.Tensor]  # per layer [B, T] int32, transmitted spikes
     dropped: list[tf.Tensor]  # per layer [B, T] int32, spikes over capacity
+    spike_count: list[tf.Tensor]  # per layer [B, T] float32, = count, differentiable
+
+
+def spike_count(count, surrogate, unsupported: str | None = None) -> tf.Tensor:
+    """``count`` [B, T] as float32, differentiable as the sum of the slot values.
+
+    The gradient g[b, t] goes to every slot k of (b, t), as d loss / d value
+    of slot k, by way of the fused op's ``surrogate`` output [B, T, K] (where
+    the registered gradient picks it up). The forward pass costs one cast.
+    A backend whose gradient cannot take it (the IPU op) passes
+    ``unsupported``: asking for the gradient then raises NotImplementedError
+    with that text, at trace time, instead of silently dropping it.
+    """
+
+    @tf.custom_gradient
+    def counted(surrogate):
+        def grad(g):
+            if unsupported is not None:
+                raise NotImplementedError(unsupported)
+            return tf.broadcast_to(tf.expand_dims(g, -1), tf.shape(surrogate))
+
+        return tf.cast(count, tf.float32), grad
+
+    return counted(surrogate)
 
 
 def _tensor(value, dtype: tf.DType, name: str, rank: int) -> tf.Tensor:
@@ -203,14 +239,26 @@ def sparse_lif_layer(
       beta: sharpness of the surrogate derivative.
 
     Returns:
-      FusedOutput(logits, ids, count, dropped). Gradients flow to ``weights``
-      only.
+      FusedOutput(logits, ids, count, dropped, spike_count). Gradients (of
+      the logits and of spike_count) flow to ``weights`` only.
     """
     inputs, caps = check_inputs(in_ids, in_count, weights, alpha, threshold, threshold2, capacities)
-    logits, ids, count, dropped, _surrogate = library.load().snn_sparse_lif_layer(
+    logits, ids, count, dropped, surrogate = library.load().snn_sparse_lif_layer(
         **inputs, capacities=caps, input_scale=float(input_scale), beta=float(beta)
     )
-    return FusedOutput(logits, list(ids), list(count), list(dropped))
+    counts = [spike_count(c, s) for c, s in zip(count, surrogate)]
+    return FusedOutput(logits, list(ids), list(count), list(dropped), counts)
+
+
+def _value_gradient(grad) -> tf.Tensor | None:
+    """The gradient arriving at a surrogate output, or None if there is none (or it is a constant 0)."""
+    if grad is None:
+        return None
+    grad = tf.convert_to_tensor(grad, dtype=tf.float32)
+    static = tf.get_static_value(grad)
+    if static is not None and not np.any(static):
+        return None
+    return grad
 
 
 def _fused_grad(op, *grads):
@@ -220,7 +268,7 @@ def _fused_grad(op, *grads):
     grad_logits = grads[0]
     if grad_logits is None:
         grad_logits = tf.zeros_like(logits)
-    grad_weights = library.load().snn_sparse_lif_layer_grad(
+    args = dict(
         grad_logits=tf.convert_to_tensor(grad_logits, dtype=tf.float32),
         in_ids=inputs["in_ids"],
         in_count=inputs["in_count"],
@@ -232,13 +280,24 @@ def _fused_grad(op, *grads):
         capacities=op.get_attr("capacities"),
         input_scale=op.get_attr("input_scale"),
     )
+    # What arrives at the surrogate outputs is d loss / d slot value (see
+    # spike_count). Without any (no activity regulariser: the common case)
+    # the plain gradient op runs and nothing extra is passed.
+    grad_values = [_value_gradient(g) for g in layout.split_outputs(grads)[4]]
+    ops = library.load()
+    if all(g is None for g in grad_values):
+        grad_weights = ops.snn_sparse_lif_layer_grad(**args)
+    else:
+        grad_values = [tf.zeros_like(s) if g is None else g for g, s in zip(grad_values, surrogate)]
+        grad_weights = ops.snn_sparse_lif_layer_grad_with_values(**args, grad_values=grad_values)
     return layout.input_gradients(grad_weights)
 
 
 try:
     tf.RegisterGradient("SnnSparseLifLayer")(_fused_grad)
-    # The BPTT op itself is not differentiated (no second-order training).
+    # The BPTT ops themselves are not differentiated (no second-order training).
     tf.no_gradient("SnnSparseLifLayerGrad")
+    tf.no_gradient("SnnSparseLifLayerGradWithValues")
 except KeyError:
     # Registered already (module re-imported, e.g. by importlib.reload).
     pass

@@ -296,7 +296,10 @@ void op::buildGrad(Graph& graph, OpBuild& job, const std::vector<Tensor>& gradie
     fail("SnnSparseLifLayer has 1 + 4 * layers outputs");
   }
   // Only the logits carry a gradient; the recorded slots are read from the
-  // forward outputs.
+  // forward outputs. (What arrives at the surrogate outputs would be the
+  // slot-value gradients of activity regularisation, which the CPU op takes
+  // through SnnSparseLifLayerGradWithValues; the IPU backend refuses them at
+  // trace time, snn_runner/backend/ipu.py, so none reach this builder.)
   expect(gradients[FusedLayout::kLogits], poplar::FLOAT, {B, x.sizes[N]}, "grad_logits");
   prog::Sequence body;
 
