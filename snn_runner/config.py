@@ -15,12 +15,17 @@ from typing import Any
 
 IMPLEMENTATIONS = ("dense", "sparse_ops", "sparse_layer")
 BACKENDS = ("cpu", "ipu")
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine")
 # random: uniform random input events with random labels, for timing only
 DATASETS = ("randman", "nmnist", "shd", "dvsgesture", "random")
 # Keys that change how a run is reported, never what it computes: they are
 # recorded but left out of the identity that names tasks and matches checkpoints.
 PRESENTATION_KEYS = {"train": ("progress_s",)}
+# Keys added after runs were recorded: left out of the identity while at their
+# default, so the task ids and checkpoints of earlier runs stay valid.
+LATER_KEYS = {"model": ("threshold2_start", "threshold2_epochs"),
+              "train": ("weight_decay", "clip_norm", "schedule", "warmup_epochs", "lr_min", "patience")}
 
 
 class ConfigError(ValueError):
@@ -40,6 +45,11 @@ class ModelConfig:
     weight_scale: float = 2.0  # w_mul: weights ~ U(+-w_mul*sqrt(6/fan_in))
     max_activity: float = 0.1  # hidden capacity K = ceil(max_activity * n)
     implementation: str = "auto"
+    # theta2 annealing: the carrier fraction moves linearly per epoch from threshold2_start
+    # (epoch 1) to threshold2_fraction (epoch threshold2_epochs + 1 on); 1.0: the same as
+    # threshold2_fraction; -inf: every hidden neuron carries until the end of the annealing.
+    threshold2_start: float = 1.0
+    threshold2_epochs: int = 0  # 0: no annealing
 
     def validate(self) -> None:
         if not self.hidden or any(int(n) < 1 for n in self.hidden):
@@ -48,6 +58,10 @@ class ModelConfig:
         _check_positive("model.threshold", self.threshold)
         if not self.threshold2_fraction < 1.0:  # also rejects NaN and +inf
             _fail("model.threshold2_fraction", self.threshold2_fraction, "below 1.0, or -inf")
+        if not self.threshold2_start <= 1.0:  # also rejects NaN
+            _fail("model.threshold2_start", self.threshold2_start,
+                  "a fraction of the threshold below 1.0, -inf, or 1.0 (default: the same as threshold2_fraction)")
+        _check_min("model.threshold2_epochs", self.threshold2_epochs, 0)
         _check_positive("model.input_scale", self.input_scale)
         _check_positive("model.beta", self.beta)
         _check_positive("model.weight_scale", self.weight_scale)
@@ -120,6 +134,13 @@ class TrainConfig:
     rate_strength: float = 0.0
     progress_s: float = 30.0  # seconds between progress lines inside an epoch; 0: none
     init_from: str = ""  # a training result file whose /model weights start this run; empty: random weights
+    # decoupled weight decay (w <- w - lr * weight_decay * w each step), for every optimizer; adamw needs it > 0
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0  # global-norm gradient clipping; 0: off
+    schedule: str = "constant"  # learning rate per step: constant or cosine (to lr_min at the last step)
+    warmup_epochs: float = 0.0  # linear warm-up from lr/warmup_steps to learning_rate over these epochs' steps
+    lr_min: float = 0.0  # cosine: the learning rate at the last step
+    patience: int = 0  # with a validation split: stop after this many epochs without a better best epoch; 0: off
 
     def validate(self) -> None:
         if not self.progress_s >= 0 or math.isinf(self.progress_s):
@@ -136,6 +157,26 @@ class TrainConfig:
         _check_min("train.batch_size", self.batch_size, 1)
         _check_positive("train.learning_rate", self.learning_rate)
         _check_seed("train.seed", self.seed)
+        if not self.weight_decay >= 0 or math.isinf(self.weight_decay):
+            _fail("train.weight_decay", self.weight_decay, "0 (off) or a positive finite number")
+        if self.optimizer == "adamw" and self.weight_decay == 0:
+            _fail("train.weight_decay", self.weight_decay,
+                  "a positive number with optimizer adamw (adamw with weight_decay 0 is adam)")
+        if not self.clip_norm >= 0 or math.isinf(self.clip_norm):
+            _fail("train.clip_norm", self.clip_norm, "0 (off) or a positive finite global gradient norm")
+        if self.schedule not in SCHEDULES:
+            _fail("train.schedule", self.schedule, "one of " + ", ".join(SCHEDULES))
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            _fail("train.warmup_epochs", self.warmup_epochs, f"0 (off) to train.epochs={self.epochs}")
+        if self.schedule == "cosine":
+            if not 0 <= self.lr_min <= self.learning_rate:
+                _fail("train.lr_min", self.lr_min, f"0 to train.learning_rate={self.learning_rate}")
+            if self.warmup_epochs >= self.epochs:
+                _fail("train.warmup_epochs", self.warmup_epochs,
+                      f"below train.epochs={self.epochs} with schedule cosine (it needs steps left to decay)")
+        elif self.lr_min != 0:
+            _fail("train.lr_min", self.lr_min, "0 with schedule constant (lr_min is where cosine ends)")
+        _check_min("train.patience", self.patience, 0)
 
 
 @dataclass(frozen=True)
@@ -148,6 +189,9 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        if self.train.patience > 0 and self.data.validation_fraction == 0:
+            raise ConfigError(f"train.patience: invalid value {self.train.patience}; early stopping watches the "
+                              "validation accuracy: set data.validation_fraction > 0, or patience to 0")
         if self.train.rate_strength > 0 and self.model.implementation == "sparse_layer" \
                 and self.train.backend == "ipu":
             raise ConfigError("train.rate_strength: activity regularisation with sparse_layer is not available on "
@@ -166,6 +210,11 @@ class RunConfig:
         for section, keys in PRESENTATION_KEYS.items():
             for key in keys:
                 d[section].pop(key)
+        for section, keys in LATER_KEYS.items():
+            defaults = type(getattr(self, section))()
+            for key in keys:
+                if d[section][key] == getattr(defaults, key):
+                    d[section].pop(key)
         return d
 
     @classmethod
@@ -260,7 +309,7 @@ INT_LIMIT = 2**62
 # numpy's and TensorFlow's seeds: 0 <= seed < 2**32
 SEED_LIMIT = 2**32
 # Float fields where an infinity has a meaning (threshold2_fraction: -inf makes every neuron a carrier).
-INFINITE_OK = ("threshold2_fraction",)
+INFINITE_OK = ("threshold2_fraction", "threshold2_start")
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:

@@ -50,10 +50,12 @@ class Parameters:
     The transposed layout lets the sparse kernels gather one contiguous row
     per presynaptic spike; the dense implementation multiplies by it directly.
     ``alpha``, ``threshold`` and ``threshold2`` hold one float32 [n_l] vector
-    per layer, built from ``spec.lif``.
+    per layer, built from ``spec.lif``; with ``threshold2_variable`` the hidden
+    layers' ``threshold2`` are non-trainable ``tf.Variable`` s, read by the
+    compiled steps at every call, so ``set_threshold2`` changes them between epochs.
     """
 
-    def __init__(self, spec: NetworkSpec, seed: int):
+    def __init__(self, spec: NetworkSpec, seed: int, threshold2_variable: bool = False):
         rng = np.random.default_rng(seed)
         lif = spec.lif
         self.weights = []
@@ -68,6 +70,14 @@ class Parameters:
         # trainable, as in the dense model.
         theta2 = [lif.threshold2] * (spec.layers - 1) + [-np.inf]
         self.threshold2 = [tf.constant(np.full(n, t2, np.float32)) for n, t2 in zip(spec.sizes[1:], theta2)]
+        if threshold2_variable:  # theta2 annealing: the hidden layers' theta2 changes per epoch (set_threshold2)
+            self.threshold2[:-1] = [tf.Variable(t, trainable=False, name=f"threshold2_{l + 1}")
+                                    for l, t in enumerate(self.threshold2[:-1])]
+
+    def set_threshold2(self, value: float) -> None:
+        """Set every hidden layer's theta2 to ``value`` (absolute); needs ``threshold2_variable``."""
+        for t in self.threshold2[:-1]:
+            t.assign(tf.fill(tf.shape(t), tf.constant(value, tf.float32)))
 
     @property
     def trainable(self) -> list[tf.Variable]:

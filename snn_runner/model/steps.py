@@ -21,7 +21,8 @@ class Steps:
     ``GRAPH_MODE``), for the run's record.
     """
 
-    def __init__(self, model, params, optimizer, time_steps: int, capacity: int, rate_penalty, backend):
+    def __init__(self, model, params, optimizer, time_steps: int, capacity: int, rate_penalty, backend,
+                 clip_norm: float = 0.0):
         if model.backend is not backend:
             # the record names `backend`; the model's ops must be that backend's
             raise ValueError(f"the model was built for backend {model.backend.name!r}, not {backend.name!r}")
@@ -29,6 +30,7 @@ class Steps:
         self.params = params
         self.optimizer = optimizer
         self.rate_penalty = rate_penalty  # callable(spikes per layer, batch) -> scalar, or None
+        self.clip_norm = float(clip_norm)  # global-norm gradient clipping; 0: off
         self.mode = backend.mode
         signature = (
             tf.TensorSpec([None, time_steps, capacity], tf.int32),
@@ -51,6 +53,8 @@ class Steps:
             if self.rate_penalty is not None:
                 loss = loss + self.rate_penalty(out.spikes, tf.shape(labels)[0])
         grads = tape.gradient(loss, self.params.trainable)
+        if self.clip_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
         self.optimizer.apply_gradients(zip(grads, self.params.trainable))
         return self._outputs(out, losses, labels)
 

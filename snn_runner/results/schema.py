@@ -23,6 +23,7 @@ from snn_runner.results.network import NoNetworkError, read_network
 from snn_runner.results.store import (
     LAYER_COLUMNS,
     METRIC_COLUMNS,
+    OPTIONAL_LAYER_COLUMNS,
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     VALIDATION_COLUMNS,
@@ -37,7 +38,7 @@ REQUIRED = {
 }
 STRING_ATTRS = ("package_version", "git_revision", "host", "created_utc", "slurm_job_id", "slurm_array_job_id",
                 "slurm_array_task_id", "implementation", "backend", "job_name", "job_file", "task_id")
-INT_ATTRS = ("task_index", "resumes")
+INT_ATTRS = ("task_index", "resumes", "best_epoch")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:-(?P<token>[0-9a-f]+))?(?:@(?P<host>[^/]*))?\.tmp$")
 # the config keys that collect puts in the table, with the kinds they must have
@@ -144,6 +145,8 @@ def _check_train(f, attrs: dict, found: list[str]) -> None:
     m = {k: _dataset(f, "metrics", k, found) for k in METRIC_COLUMNS + LAYER_COLUMNS}
     optional = [k for k in VALIDATION_COLUMNS if k in f["metrics"]]
     m.update({k: _dataset(f, "metrics", k, found) for k in optional})
+    layer_optional = [k for k in OPTIONAL_LAYER_COLUMNS if k in f["metrics"]]
+    m.update({k: _dataset(f, "metrics", k, found) for k in layer_optional})
     epoch = m["epoch"]
     n = None
     if epoch is not None:
@@ -169,7 +172,7 @@ def _check_train(f, attrs: dict, found: list[str]) -> None:
             found.append(f"'/metrics/{key}' has values outside [0, 1]")
         elif key == "epoch_seconds" and (v < 0).any():
             found.append("'/metrics/epoch_seconds' has negative values")
-    for key in LAYER_COLUMNS:
+    for key in (*LAYER_COLUMNS, *layer_optional):
         v = m[key]
         if v is None:
             continue
@@ -180,7 +183,8 @@ def _check_train(f, attrs: dict, found: list[str]) -> None:
             found.append(f"'/metrics/{key}' has shape {list(v.shape)}, expected {want} (epochs, layers)")
         elif not np.isfinite(v).all() or (v < 0).any():
             found.append(f"'/metrics/{key}' has NaN, infinite or negative values")
-    extra = sorted(set(f["metrics"]) - set(METRIC_COLUMNS + LAYER_COLUMNS + VALIDATION_COLUMNS))
+    extra = sorted(set(f["metrics"]) - set(METRIC_COLUMNS + LAYER_COLUMNS + VALIDATION_COLUMNS
+                                           + OPTIONAL_LAYER_COLUMNS))
     found += [f"unexpected entry '/metrics/{k}'" for k in extra]
 
     steps = _dataset(f, "timing", "step_seconds", found)
@@ -377,6 +381,9 @@ def _check_file(f) -> list[str]:
     for key in INT_ATTRS:
         if key in attrs and not _is_int(attrs[key]):
             found.append(f"root attribute '{key}' must be an integer")
+    if "best_test_accuracy" in attrs and not (_is_real(attrs["best_test_accuracy"])
+                                              and 0 <= float(attrs["best_test_accuracy"]) <= 1):
+        found.append("root attribute 'best_test_accuracy' must be a number in [0, 1]")
     for name, obj in f.items():
         if name in networks:
             found += _check_network(f.filename, name)

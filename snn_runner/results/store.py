@@ -32,6 +32,9 @@ READABLE_VERSIONS = (1, 2)
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
 LAYER_COLUMNS = ("spike_rate", "dropped_spikes")
 VALIDATION_COLUMNS = ("validation_loss", "validation_accuracy")  # only with a validation split
+# [E, L] columns that older files lack: synops = synaptic operations per sample and weight matrix
+# (column 0: input events x n_1; column l: hidden layer l's transmitted spikes x n_{l+1})
+OPTIONAL_LAYER_COLUMNS = ("synops",)
 
 
 def git_revision() -> str:
@@ -100,8 +103,8 @@ def write_train_result(path, config: dict[str, Any], attrs: dict[str, Any], rows
         if best is not None:
             write_network(f.create_group("model_best"), best)
         metrics = f.create_group("metrics")
-        validation = tuple(k for k in VALIDATION_COLUMNS if rows and k in rows[0])
-        for key in METRIC_COLUMNS + LAYER_COLUMNS + validation:
+        optional = tuple(k for k in VALIDATION_COLUMNS + OPTIONAL_LAYER_COLUMNS if rows and k in rows[0])
+        for key in METRIC_COLUMNS + LAYER_COLUMNS + optional:
             dtype = np.int64 if key in ("epoch", "dropped_spikes") else np.float64
             metrics.create_dataset(key, data=np.asarray([r[key] for r in rows], dtype))
         timing = f.create_group("timing")

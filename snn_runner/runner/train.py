@@ -23,11 +23,11 @@ from snn_runner.data.events import EventSet
 from snn_runner.runner import checkpoint
 from snn_runner.runner.budget import check_memory
 from snn_runner.runner.checkpoint import TrainState
+from snn_runner.runner.recipe import annealing, make_optimizer, patience_exhausted, threshold2_fraction_at
 from snn_runner.runner.signals import Interrupted, StopOnSignal
 from snn_runner.runner.progress import EpochProgress
 
 RECORDED_SAMPLES = 4  # test samples whose spikes are stored in the result file
-OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}  # train.optimizer -> keras.optimizers class
 
 
 @dataclass
@@ -58,9 +58,11 @@ class Tally:
         self.samples = saved.get("samples", 0)
         self.spikes = np.asarray(saved.get("spikes", np.zeros(layers)), np.float64)
         self.dropped = np.asarray(saved.get("dropped", np.zeros(layers)), np.int64)
+        self.input_events = saved.get("input_events", 0)  # input spikes of the batches (for SynOps)
 
-    def add(self, outputs, batch: int) -> None:
+    def add(self, outputs, batch: int, input_events: int = 0) -> None:
         loss, correct, spikes, dropped = outputs
+        self.input_events += int(input_events)
         self.loss += float(loss)
         self.correct += int(correct)
         self.samples += batch
@@ -69,7 +71,16 @@ class Tally:
 
     def to_dict(self) -> dict:
         return {"loss": self.loss, "correct": self.correct, "samples": self.samples,
-                "spikes": self.spikes.tolist(), "dropped": self.dropped.tolist()}
+                "spikes": self.spikes.tolist(), "dropped": self.dropped.tolist(), "input_events": self.input_events}
+
+    def synops(self, sizes) -> np.ndarray:
+        """Synaptic operations per sample, per weight matrix: events of layer l (0: input) x n_{l+1}.
+
+        [L]: column 0 the input events times n_1, column l the transmitted spikes
+        of hidden layer l times n_{l+1}; the readout's spikes reach no synapse.
+        """
+        events = np.concatenate([[float(self.input_events)], self.spikes[:-1]])
+        return events * np.asarray(sizes[1:], np.float64) / max(1, self.samples)
 
 
 def evaluate_set(steps, data: EventSet, batch_size: int, layers: int) -> Tally:
@@ -104,7 +115,18 @@ def network_record(spec, params, encoding: dict, epoch: int) -> dict:
             "input_scale": spec.lif.input_scale, "beta": spec.lif.beta, "readout": "spike_count",
             "weights": [w.numpy() for w in params.weights], "alpha": [np.asarray(a) for a in params.alpha],
             "threshold": [np.asarray(t) for t in params.threshold],
-            "threshold2": [np.asarray(t) for t in params.threshold2], "encoding": encoding, "epoch": epoch}
+            "threshold2": [np.array(tf_value(t)) for t in params.threshold2], "encoding": encoding, "epoch": epoch}
+
+
+def tf_value(t):
+    """A tensor's or variable's value as a NumPy array (a copy for variables: theta2 may change later)."""
+    return t.numpy() if hasattr(t, "numpy") else t
+
+
+def _threshold2_arrays(spec, fraction: float) -> list[np.ndarray]:
+    """Per layer theta2 for a hidden-layer carrier fraction (the readout's is always -inf)."""
+    return [np.full(n, fraction * spec.lif.threshold, np.float32) for n in spec.sizes[1:-1]] + [
+        np.full(spec.sizes[-1], -np.inf, np.float32)]
 
 
 def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = print,
@@ -117,8 +139,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     ``Interrupted`` (after saving a checkpoint) when ``stop`` reports a
     signal; calling again with the same arguments resumes.
     """
-    import keras  # imported late: TensorFlow start-up is slow and not needed for --help
-
+    # TensorFlow is imported late (through these): its start-up is slow and not needed for --help
     from snn_runner.backend import get_backend
     from snn_runner.model import NetworkSpec, Parameters, build_model
     from snn_runner.model.steps import Steps, rate_penalty
@@ -133,16 +154,20 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     sets = load_splits(cfg.data, log)
     train_set, validation_set, test_set = sets["train"], sets.get("validation"), sets["test"]
     spec = NetworkSpec.from_config(cfg.model, train_set.channels, train_set.classes, train_set.capacity)
+    batch_size = cfg.train.batch_size
+    steps_per_epoch = -(-len(train_set) // batch_size)
+    anneal = annealing(cfg.model)
     with backend.scope():
-        params = Parameters(spec, cfg.train.seed)
+        params = Parameters(spec, cfg.train.seed, threshold2_variable=anneal)
         model = build_model(implementation, spec, params, backend)
-        optimizer = getattr(keras.optimizers, OPTIMIZERS[cfg.train.optimizer])(cfg.train.learning_rate)
+        optimizer = make_optimizer(cfg.train, steps_per_epoch)
         optimizer.build(params.trainable)
     penalty = None
     if cfg.train.rate_strength > 0:
         penalty = rate_penalty(cfg.train.rate_low, cfg.train.rate_high, cfg.train.rate_strength,
                                train_set.time_steps, spec.sizes[1:])
-    steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity, penalty, backend)
+    steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity, penalty, backend,
+                  cfg.train.clip_norm)
     neurons = np.asarray(spec.sizes[1:], np.float64)
 
     if init is not None:
@@ -176,13 +201,15 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
         checkpoint.save(ckpt_path, state, [w.numpy() for w in params.trainable] + (best_weights or []),
                         [v.numpy() for v in optimizer.variables], identity_json)
 
-    batch_size = cfg.train.batch_size
-    steps_per_epoch = -(-len(train_set) // batch_size)
     log(f"train: {implementation} on {backend.name}, network {list(spec.sizes)} capacities "
         f"{list(spec.capacities)} on {cfg.data.dataset} ({len(train_set)} train / {len(test_set)} test samples, "
         f"T={train_set.time_steps}), {cfg.train.epochs} epochs of {steps_per_epoch} steps of batch {batch_size}")
     traced = False
     for epoch in range(state.epoch, cfg.train.epochs + 1):
+        if patience_exhausted(state.rows, state.best, cfg.train.patience):
+            break  # (checked here too, so a run stopped just after its last epoch's checkpoint ends alike)
+        if anneal:
+            params.set_threshold2(threshold2_fraction_at(cfg.model, epoch) * spec.lif.threshold)
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng_state
         order = rng.permutation(len(train_set))
@@ -192,7 +219,8 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
         for i, (ids, count, labels) in enumerate(train_set.batches(batch_size, order[state.batch * batch_size:]),
                                                  start=state.batch):
             t0 = time.perf_counter()
-            tally.add(steps.train(ids, count, labels), len(labels))  # .numpy() inside waits for the step
+            # .numpy() inside waits for the step
+            tally.add(steps.train(ids, count, labels), len(labels), int(np.sum(count)))
             elapsed = time.perf_counter() - t0
             if not traced:  # the first step of a process traces and builds the graph
                 traced = True
@@ -217,6 +245,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
             "epoch_seconds": time.perf_counter() - start,
             "spike_rate": rate.tolist(),
             "dropped_spikes": tally.dropped.tolist(),
+            "synops": tally.synops(spec.sizes).tolist(),
         }
         if validation_set is not None:
             val = evaluate_set(steps, validation_set, batch_size, spec.layers)
@@ -237,8 +266,11 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
             f"acc {row['train_accuracy']:.3f}  test_loss {row['test_loss']:.4f}  "
             f"test_acc {row['test_accuracy']:.3f}  {val_text}"
             f"rate {'/'.join(f'{r:.3f}' for r in rate)}  "
-            f"dropped {int(tally.dropped.sum())}  {row['epoch_seconds']:.1f}s"
+            f"dropped {int(tally.dropped.sum())}  synops {sum(row['synops']):.4g}  {row['epoch_seconds']:.1f}s"
         )
+        if patience_exhausted(state.rows, state.best, cfg.train.patience) and epoch < cfg.train.epochs:
+            log(f"early stop: no better validation accuracy for {cfg.train.patience} epochs since epoch "
+                f"{state.best['epoch']}")
         if stop is not None and stop.requested:
             raise Interrupted(f"stopped by signal {stop.received} after epoch {epoch}; checkpoint saved to "
                               f"{ckpt_path}; run the same command again to resume")
@@ -247,6 +279,9 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     attrs = {"data_report_json": json.dumps(data_report, sort_keys=True, default=str),
              "implementation": implementation, "backend": backend.name, "resumes": state.resumes,
              "sizes": np.asarray(spec.sizes), "capacities": np.asarray(spec.capacities)}
+    if state.best:  # the test accuracy of the epoch /model_best holds (the test set never selects it)
+        attrs["best_epoch"] = int(state.best["epoch"])
+        attrs["best_test_accuracy"] = float(state.rows[state.best["epoch"] - 1]["test_accuracy"])
     from snn_runner.data.encoding import input_encoding
 
     encoding = input_encoding(cfg.data, train_set.channels)
@@ -254,5 +289,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     best = None
     if best_weights is not None:
         best = {**network, "weights": best_weights, "epoch": state.best["epoch"]}
+        if anneal:  # the theta2 the best epoch trained with
+            best["threshold2"] = _threshold2_arrays(spec, threshold2_fraction_at(cfg.model, state.best["epoch"]))
     return TrainRecord(state.rows, state.step_seconds, state.compile_seconds, steps.mode,
                        _record_spikes(steps, test_set), attrs, network, best)
