@@ -17,6 +17,9 @@ IMPLEMENTATIONS = ("dense", "sparse_ops", "sparse_layer")
 BACKENDS = ("cpu", "ipu")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
+# spike_count: logits are the output layer's spikes summed over time; membrane_max / membrane_mean:
+# the output layer is a non-spiking leaky integrator and the logits its membrane's maximum / mean over time
+READOUTS = ("spike_count", "membrane_max", "membrane_mean")
 # random: uniform random input events with random labels, for timing only
 DATASETS = ("randman", "nmnist", "shd", "dvsgesture", "random")
 # Keys that change how a run is reported, never what it computes: they are
@@ -24,7 +27,7 @@ DATASETS = ("randman", "nmnist", "shd", "dvsgesture", "random")
 PRESENTATION_KEYS = {"train": ("progress_s",)}
 # Keys added after runs were recorded: left out of the identity while at their
 # default, so the task ids and checkpoints of earlier runs stay valid.
-LATER_KEYS = {"model": ("threshold2_start", "threshold2_epochs"),
+LATER_KEYS = {"model": ("threshold2_start", "threshold2_epochs", "readout"),
               "train": ("weight_decay", "clip_norm", "schedule", "warmup_epochs", "lr_min", "patience")}
 
 
@@ -50,6 +53,7 @@ class ModelConfig:
     # threshold2_fraction; -inf: every hidden neuron carries until the end of the annealing.
     threshold2_start: float = 1.0
     threshold2_epochs: int = 0  # 0: no annealing
+    readout: str = "spike_count"  # how the output layer forms logits (READOUTS)
 
     def validate(self) -> None:
         if not self.hidden or any(int(n) < 1 for n in self.hidden):
@@ -66,6 +70,8 @@ class ModelConfig:
         _check_positive("model.beta", self.beta)
         _check_positive("model.weight_scale", self.weight_scale)
         _check_range("model.max_activity", self.max_activity, 0.0, 1.0, "in (0, 1]", lo_open=True)
+        if self.readout not in READOUTS:
+            _fail("model.readout", self.readout, "one of " + ", ".join(READOUTS))
         if self.implementation not in ("auto",) + IMPLEMENTATIONS:
             _fail("model.implementation", self.implementation,
                   "one of " + ", ".join(("auto",) + IMPLEMENTATIONS))
@@ -197,6 +203,11 @@ class RunConfig:
             raise ConfigError("train.rate_strength: activity regularisation with sparse_layer is not available on "
                               "the IPU backend (its Poplar gradient covers the loss on the logits only); use "
                               "sparse_ops or dense there, or set rate_strength to 0")
+        if self.model.readout != "spike_count" and self.model.implementation == "sparse_layer" \
+                and self.train.backend == "ipu":
+            raise ConfigError(f"model.readout: {self.model.readout} with sparse_layer is not available on the IPU "
+                              "backend (its Poplar gradient covers spike-count logits only); use sparse_ops or "
+                              "dense there, or readout spike_count")
         return self
 
     def to_dict(self) -> dict[str, Any]:

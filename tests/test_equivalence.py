@@ -196,3 +196,70 @@ def test_sparse_layer_rate_penalty_gradient_equals_sparse_ops_with_finite_theta2
         assert out.dropped.numpy().sum() > 0
     assert_penalty_matters(params, ids, count, model, penalty, grads)
     assert_grads_close(grads, ops_grads)
+
+
+MEMBRANE = ("membrane_max", "membrane_mean")
+
+
+def assert_logits_close(actual, expected):
+    # membrane logits are float sums whose order differs between the dense
+    # matmul and the sparse gathers
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("implementation", SPARSE)
+@pytest.mark.parametrize("readout", MEMBRANE)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_membrane_readout_full_capacity_all_carriers_equals_dense(implementation, readout, seed):
+    spec, params, ids, count, weight = setup(seed, max_activity=1.0, threshold2_fraction=-math.inf, readout=readout)
+    assert spec.membrane_readout and spec.spiking_layers == spec.layers - 1
+    dense_out, dense_grads = run(build_model("dense", spec, params), params, ids, count, weight)
+    out, grads = run(build_model(implementation, spec, params), params, ids, count, weight)
+    logits = dense_out.logits.numpy()
+    assert np.ptp(logits) > 0.1, "the readout membranes must differ for a meaningful comparison"
+    assert_logits_close(out.logits.numpy(), logits)
+    spikes = dense_out.spikes.numpy()
+    assert np.all(spikes[:-1] > 0) and spikes[-1] == 0, "hidden layers spike, the readout never does"
+    np.testing.assert_array_equal(out.spikes.numpy(), spikes)
+    assert out.dropped.numpy().sum() == 0
+    assert all(np.abs(g).sum() > 0 for g in dense_grads)
+    assert_grads_close(grads, dense_grads)
+
+
+@pytest.mark.parametrize("implementation", SPARSE)
+@pytest.mark.parametrize("readout", MEMBRANE)
+def test_membrane_readout_finite_theta2_matches_dense_with_masked_surrogate(implementation, readout):
+    spec, params, ids, count, weight = setup(3, max_activity=1.0, threshold2_fraction=0.5, readout=readout)
+    dense = build_model("dense", spec, params)
+    dense_out, plain_grads = run(dense, params, ids, count, weight)
+    for l in range(spec.spiking_layers):  # every spiking layer is hidden: all are masked
+        dense.spike_fns[l] = masked_spike_fn(spec.lif.beta, spec.lif.threshold2 - spec.lif.threshold)
+    _, masked_grads = run(dense, params, ids, count, weight)
+    out, grads = run(build_model(implementation, spec, params), params, ids, count, weight)
+    assert_logits_close(out.logits.numpy(), dense_out.logits.numpy())
+    assert_grads_close(grads, masked_grads)
+    assert any(not np.allclose(m, p, rtol=1e-3) for m, p in zip(masked_grads, plain_grads))
+
+
+@pytest.mark.parametrize("readout", MEMBRANE)
+def test_membrane_readout_implementations_agree_at_low_capacity(readout):
+    spec, params, ids, count, weight = setup(7, max_activity=0.1, readout=readout)
+    a, ga = run(build_model("sparse_ops", spec, params), params, ids, count, weight)
+    b, gb = run(build_model("sparse_layer", spec, params), params, ids, count, weight)
+    assert a.dropped.numpy().sum() > 0
+    np.testing.assert_allclose(b.logits.numpy(), a.logits.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(a.dropped.numpy(), b.dropped.numpy())
+    assert_grads_close(gb, ga)
+
+
+@pytest.mark.parametrize("implementation", SPARSE)
+def test_membrane_readout_with_rate_penalty_gradient_equals_dense(implementation):
+    # both value-gradient paths of the fused op at once: the readout's and the regulariser's
+    spec, params, ids, count, _ = setup(4, max_activity=1.0, threshold2_fraction=-math.inf, readout="membrane_max")
+    penalty = rate_penalty(0.2, 0.3, 5.0, STEPS, spec.sizes[1:-1])
+    dense_out, dense_grads = regularised_grads(build_model("dense", spec, params), params, ids, count, penalty)
+    model = build_model(implementation, spec, params)
+    out, grads = regularised_grads(model, params, ids, count, penalty)
+    assert_logits_close(out.logits.numpy(), dense_out.logits.numpy())
+    assert_penalty_matters(params, ids, count, model, penalty, grads)
+    assert_grads_close(grads, dense_grads)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from snn_runner.config import ModelConfig
@@ -71,3 +72,21 @@ def test_network_spec_holds_the_lif_parameters_and_parameters_expand_them():
     np.testing.assert_array_equal(params.threshold[1].numpy(), np.full(3, 2.0, np.float32))
     np.testing.assert_array_equal(params.threshold2[0].numpy(), np.full(6, 1.0, np.float32))
     assert np.all(np.isneginf(params.threshold2[1].numpy()))  # readout: every neuron carries gradients
+
+
+@pytest.mark.parametrize("readout", ["membrane_max", "membrane_mean"])
+def test_leaky_readout_equals_the_step_by_step_integrator(readout):
+    from snn_runner.neuron.lif import leaky_readout
+
+    rng = np.random.default_rng(3)
+    steps, batch, n = 17, 3, 5
+    current = rng.normal(size=(steps, batch, n)).astype(np.float32)
+    alpha = np.array([0.0, 0.5, 0.9, 0.95, 0.99], np.float32)
+    u, trace = np.zeros((batch, n), np.float64), []
+    for t in range(steps):  # the LIF integrate step with no reset and no firing
+        u = alpha * u + (1 - alpha) * 10.0 * current[t]
+        trace.append(u)
+    trace = np.stack(trace)
+    expected = trace.max(axis=0) if readout == "membrane_max" else trace.mean(axis=0)
+    got = leaky_readout(tf.constant(current), tf.constant(alpha), 10.0, readout).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

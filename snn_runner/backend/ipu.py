@@ -18,12 +18,12 @@ import tensorflow as tf
 
 from snn_runner.ipu.backend import IpuRuntime
 from snn_runner.ipu.planner import IpuTarget, plan_layer, plan_network
-from snn_runner.sparse.fused import FusedLayout, FusedOutput, check_inputs, spike_count
+from snn_runner.sparse.fused import FusedLayout, check_inputs, fused_output
 from snn_runner.sparse.spikes import SparseSpikes
 
 IPU_MODE = "tf.function on IPUStrategy, XLA compiled (Poplar)"
-NO_COUNT_GRADIENT = ("activity regularisation (train.rate_strength > 0) with sparse_layer is not available on the "
-                     "IPU: the Poplar op's gradient covers the loss on the logits only")
+NO_COUNT_GRADIENT = ("activity regularisation (train.rate_strength > 0) and membrane readouts with sparse_layer are "
+                     "not available on the IPU: the Poplar op's gradient covers the loss on the logits only")
 
 
 def _static(shape: tf.TensorShape, what: str) -> list[int]:
@@ -112,7 +112,5 @@ class IpuBackend:
             layout.output_shapes(batch, steps, sizes[-1], caps), plan.to_attributes(input_scale, beta),
             inputs_with_gradients=layout.weight_inputs, name="SnnSparseLifLayer",
         )
-        logits, out_ids, out_count, dropped, surrogate = layout.split_outputs(out)
         # The Poplar gradient takes d loss / d logits only.
-        counts = [spike_count(c, s, unsupported=NO_COUNT_GRADIENT) for c, s in zip(out_count, surrogate)]
-        return FusedOutput(logits, out_ids, out_count, dropped, counts)
+        return fused_output(*layout.split_outputs(out), unsupported=NO_COUNT_GRADIENT)

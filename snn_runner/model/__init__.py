@@ -35,8 +35,11 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.model.implementation != "auto":
         return cfg
     implementation = resolve_implementation("auto")
-    if implementation == "sparse_layer" and cfg.train.rate_strength > 0 and cfg.train.backend == "ipu":
-        implementation = "sparse_ops"  # the IPU's fused gradient does not cover the activity regulariser
+    needs_value_gradient = cfg.train.rate_strength > 0 or cfg.model.readout != "spike_count"
+    if implementation == "sparse_layer" and needs_value_gradient and cfg.train.backend == "ipu":
+        # the IPU's fused gradient covers spike-count logits only: not the activity
+        # regulariser, nor a membrane readout fed by the last hidden layer's slots
+        implementation = "sparse_ops"
     return cfg.replace("model", implementation=implementation)
 
 

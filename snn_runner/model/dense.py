@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
 from snn_runner.sparse.spikes import frames_from_sparse
-from snn_runner.neuron.lif import make_spike_fn, membrane_sequence
+from snn_runner.neuron.lif import leaky_readout, make_spike_fn, membrane_sequence
 
 
 def delay_one_step(x: tf.Tensor) -> tf.Tensor:
@@ -47,7 +47,7 @@ class DenseModel:
         # sequence is known once layer l-1 has run through all steps, so each
         # layer's currents for all T steps are one large matmul, and only the
         # cheap elementwise reset-and-integrate runs step by step.
-        for l in range(spec.layers):
+        for l in range(spec.spiking_layers):
             if l > 0:
                 x = delay_one_step(x)
             current = tf.einsum("tbn,nm->tbm", x, p.weights[l])
@@ -55,5 +55,11 @@ class DenseModel:
             x = self.spike_fns[l](u - p.threshold[l])
             totals.append(tf.reduce_sum(x))
             trains.append(x)
-        logits = tf.reduce_sum(x, axis=0)
+        if spec.membrane_readout:  # a leaky integrator that never fires
+            current = tf.einsum("tbn,nm->tbm", delay_one_step(x), p.weights[-1])
+            logits = leaky_readout(current, p.alpha[-1], spec.lif.input_scale, spec.readout)
+            totals.append(tf.constant(0.0))
+            trains.append(tf.zeros_like(current))
+        else:
+            logits = tf.reduce_sum(x, axis=0)
         return ModelOutput(logits, tf.stack(totals), tf.zeros([spec.layers], tf.int32)), trains

@@ -22,6 +22,7 @@ class NetworkSpec:
     input_capacity: int  # K_in: input ids per time step
     lif: LIFParameters
     weight_scale: float
+    readout: str = "spike_count"  # config.READOUTS
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, n_in: int, n_out: int, input_capacity: int) -> "NetworkSpec":
@@ -37,11 +38,20 @@ class NetworkSpec:
             beta=cfg.beta,
         )
         return cls(sizes=sizes, capacities=caps, input_capacity=int(input_capacity), lif=lif,
-                   weight_scale=cfg.weight_scale)
+                   weight_scale=cfg.weight_scale, readout=cfg.readout)
 
     @property
     def layers(self) -> int:
         return len(self.sizes) - 1
+
+    @property
+    def membrane_readout(self) -> bool:
+        """The output layer is a non-spiking leaky integrator (it emits no spikes)."""
+        return self.readout != "spike_count"
+
+    @property
+    def spiking_layers(self) -> int:
+        return self.layers - 1 if self.membrane_readout else self.layers
 
 
 class Parameters:
@@ -85,6 +95,6 @@ class Parameters:
 
 
 class ModelOutput(NamedTuple):
-    logits: tf.Tensor  # [B, n_L] output spike counts over time
+    logits: tf.Tensor  # [B, n_L] output spike counts over time, or the readout membrane's max / mean
     spikes: tf.Tensor  # [L] float: spikes emitted per layer, summed over batch and time
     dropped: tf.Tensor  # [L] int32: spikes dropped for lack of capacity

@@ -5,6 +5,11 @@ op (`SnnSparseLifLayer` and its gradient on the CPU, the sparse_lif_layer
 Poplar op on the IPU). The per-layer spike totals are sums of the op's
 differentiable `spike_count`, so activity regularisation trains the weights
 as in `sparse_ops` (on the CPU; the IPU op refuses that gradient).
+
+With a membrane readout the op runs the spiking layers only; the readout
+integrator (n_L neurons, no spikes, no capacity) reads the last hidden
+layer's slots through their differentiable values, whose gradient the op's
+BPTT takes like the rate regulariser's (see ``fused.slot_values``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
-from snn_runner.sparse.spikes import frames_from_sparse
+from snn_runner.model.sparse_ops import delay_one_step, membrane_readout, time_major
+from snn_runner.sparse.spikes import SparseSpikes, frames_from_sparse
 
 
 class SparseLayerModel:
@@ -21,23 +27,33 @@ class SparseLayerModel:
     def __init__(self, spec: NetworkSpec, params: Parameters, backend):
         self.spec = spec
         self.params = params
-        self.backend = backend  # supplies sparse_lif_layer
+        self.backend = backend  # supplies sparse_lif_layer (and sparse_binary_matmul for a membrane readout)
 
     def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
         out = self._fused(ids, count)
         # summing the float counts keeps the totals differentiable for rate regularisation
-        totals = tf.stack([tf.reduce_sum(c) for c in out.spike_count])
-        dropped = tf.stack([tf.reduce_sum(d) for d in out.dropped])
-        return ModelOutput(out.logits, totals, dropped)
+        totals = [tf.reduce_sum(c) for c in out.spike_count]
+        dropped = [tf.reduce_sum(d) for d in out.dropped]
+        logits = out.logits
+        if self.spec.membrane_readout:
+            last = time_major(SparseSpikes(out.ids[-1], out.count[-1], out.values[-1]))
+            logits = membrane_readout(self.spec, self.params, self.backend, delay_one_step(last))
+            totals.append(tf.constant(0.0))
+            dropped.append(tf.constant(0))
+        return ModelOutput(logits, tf.stack(totals), tf.stack(dropped))
 
     def spike_trains(self, ids: tf.Tensor, count: tf.Tensor) -> list[tf.Tensor]:
         """Per layer, the 0/1 transmitted spikes [B, T, n] (for recording a few samples)."""
         out = self._fused(ids, count)
-        return [frames_from_sparse(i, c, n) for i, c, n in zip(out.ids, out.count, self.spec.sizes[1:])]
+        trains = [frames_from_sparse(i, c, n) for i, c, n in zip(out.ids, out.count, self.spec.sizes[1:])]
+        if self.spec.membrane_readout:  # the readout never fires
+            trains.append(tf.zeros([tf.shape(ids)[0], tf.shape(ids)[1], self.spec.sizes[-1]]))
+        return trains
 
     def _fused(self, ids, count):
         spec, p = self.spec, self.params
+        n = spec.spiking_layers
         return self.backend.sparse_lif_layer(
-            ids, count, p.weights, p.alpha, p.threshold, p.threshold2, list(spec.capacities),
+            ids, count, p.weights[:n], p.alpha[:n], p.threshold[:n], p.threshold2[:n], list(spec.capacities[:n]),
             input_scale=spec.lif.input_scale, beta=spec.lif.beta,
         )

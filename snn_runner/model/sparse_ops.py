@@ -13,11 +13,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
-from snn_runner.neuron.lif import membrane_sequence
+from snn_runner.neuron.lif import leaky_readout, membrane_sequence
 from snn_runner.sparse.spikes import SparseSpikes, frames_from_sparse
 
 
-def _time_major(spikes: SparseSpikes) -> SparseSpikes:
+def time_major(spikes: SparseSpikes) -> SparseSpikes:
     return SparseSpikes(
         tf.transpose(spikes.ids, [1, 0, 2]), tf.transpose(spikes.count), tf.transpose(spikes.values, [1, 0, 2])
     )
@@ -42,6 +42,25 @@ def _unflatten(spikes: SparseSpikes, steps: int, batch) -> SparseSpikes:
     k = spikes.ids.shape[-1]
     return SparseSpikes(tf.reshape(spikes.ids, [steps, batch, k]), tf.reshape(spikes.count, [steps, batch]),
                         tf.reshape(spikes.values, [steps, batch, k]))
+
+
+def membrane_readout(spec: NetworkSpec, params: Parameters, ops, spikes: SparseSpikes) -> tf.Tensor:
+    """Logits [B, n_L] of the leaky-integrator readout fed by time-major ``spikes`` [T, B, K] (delayed already).
+
+    The readout's input current is a sparse binary matmul of the slots, so
+    d loss / d slot value reaches every slot (carriers too) as in a hidden layer.
+    """
+    steps = spikes.ids.shape[0]
+    batch = spikes.ids.shape[1] if spikes.ids.shape[1] is not None else tf.shape(spikes.ids)[1]
+    n = spec.sizes[-1]
+    current = tf.reshape(ops.sparse_binary_matmul(params.weights[-1], _flatten(spikes)), [steps, batch, n])
+    return leaky_readout(current, params.alpha[-1], spec.lif.input_scale, spec.readout)
+
+
+def no_spikes(steps: int, batch) -> SparseSpikes:
+    """Time-major spikes [T, B, 1] of a layer that never fires (the membrane readout)."""
+    return SparseSpikes(tf.fill([steps, batch, 1], -1), tf.zeros([steps, batch], tf.int32),
+                        tf.zeros([steps, batch, 1]))
 
 
 def readout(spikes: SparseSpikes, n_out: int) -> tf.Tensor:
@@ -76,9 +95,9 @@ class SparseOpsModel:
         steps = ids.shape[1]
         # a static batch keeps every op's shapes static (the IPU ops are planned from them)
         batch = ids.shape[0] if ids.shape[0] is not None else tf.shape(ids)[0]
-        spikes = _time_major(SparseSpikes.from_ids(ids, count))
+        spikes = time_major(SparseSpikes.from_ids(ids, count))
         totals, dropped, layers = [], [], []
-        for l in range(spec.layers):
+        for l in range(spec.spiking_layers):
             if l > 0:
                 spikes = delay_one_step(spikes)
             n = spec.sizes[l + 1]
@@ -92,5 +111,11 @@ class SparseOpsModel:
             # summing values (1 per spike) keeps the count differentiable for rate regularisation
             totals.append(tf.reduce_sum(selected.values))
             dropped.append(tf.reduce_sum(lost))
-        logits = readout(spikes, spec.sizes[-1])
+        if spec.membrane_readout:  # a leaky integrator that never fires
+            logits = membrane_readout(spec, p, ops, delay_one_step(spikes))
+            totals.append(tf.constant(0.0))
+            dropped.append(tf.constant(0))
+            layers.append(no_spikes(steps, batch))
+        else:
+            logits = readout(spikes, spec.sizes[-1])
         return ModelOutput(logits, tf.stack(totals), tf.stack(dropped)), layers

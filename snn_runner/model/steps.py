@@ -64,11 +64,14 @@ class Steps:
 
 
 def rate_penalty(low: float, high: float, strength: float, time_steps: int, sizes):
-    """Squared hinges keeping each layer's mean spike rate within [low, high]."""
+    """Squared hinges keeping each layer's mean spike rate within [low, high].
+
+    ``sizes`` are the spiking layers' (a membrane readout, last, has no rate).
+    """
     neurons = tf.constant([float(n) for n in sizes], tf.float32)
 
     def penalty(spikes, batch):
-        rate = spikes / (tf.cast(batch, tf.float32) * float(time_steps) * neurons)
+        rate = spikes[:len(sizes)] / (tf.cast(batch, tf.float32) * float(time_steps) * neurons)
         return strength * tf.reduce_sum(tf.square(tf.nn.relu(low - rate)) + tf.square(tf.nn.relu(rate - high)))
 
     return penalty

@@ -4,6 +4,9 @@ Per neuron and time step:
     reset:      u <- u - stop_gradient(u * H(u - theta))
     integrate:  u <- alpha * u + (1 - alpha) * c * I
     fire:       s  = H(u - theta),   ds/du = 1 / (beta * |u - theta| + 1)^2
+With a membrane readout the output layer is a leaky integrator instead: the
+same integrate step with no reset and no firing, whose logits are its
+membrane's maximum or mean over time (``leaky_readout``).
 The network implementations differ only in how I is computed and how spikes
 are represented; ``dense`` and ``sparse_ops`` both run ``membrane_sequence``
 (firing is ``make_spike_fn`` in dense and the spike-selection op in
@@ -74,3 +77,33 @@ def membrane_sequence(current: tf.Tensor, alpha, threshold, input_scale) -> tf.T
         u = alpha * reset(u, threshold) + d
         out.append(u)
     return tf.stack(out, axis=0)
+
+
+def integrator_kernel(alpha, steps: int) -> tf.Tensor:
+    """M [T, T, n] with M[t, s] = alpha^(t - s) for s <= t, else 0: the leaky integrator as a matrix.
+
+    With no reset the recursion u_t = alpha*u_{t-1} + d_t unrolls to
+    u_t = sum_s M[t, s] d_s, so all T membranes are one small contraction
+    instead of T dependent steps (and the backward pass is one too).
+    """
+    alpha = tf.convert_to_tensor(alpha, tf.float32)
+    t = tf.range(steps, dtype=tf.float32)
+    lag = t[:, None] - t[None, :]  # [T, T]
+    powers = tf.pow(alpha[None, None, :], tf.maximum(lag, 0.0)[:, :, None])
+    return powers * tf.cast(lag >= 0.0, tf.float32)[:, :, None]
+
+
+def leaky_readout(current: tf.Tensor, alpha, input_scale, readout: str) -> tf.Tensor:
+    """Logits [B, n] of a non-spiking leaky-integrator layer, for time-major current [T, B, n].
+
+    u_t = alpha*u_{t-1} + (1 - alpha)*c*I_t from u = 0 (the LIF integrate step
+    without reset or firing); ``membrane_max`` takes each neuron's largest u
+    over the T steps, ``membrane_mean`` its mean.
+    """
+    drive = (1.0 - alpha) * input_scale * current
+    u = tf.einsum("tsn,sbn->tbn", integrator_kernel(alpha, current.shape[0]), drive)
+    if readout == "membrane_max":
+        return tf.reduce_max(u, axis=0)
+    if readout == "membrane_mean":
+        return tf.reduce_mean(u, axis=0)
+    raise ValueError(f"leaky_readout: unknown readout {readout!r}; expected membrane_max or membrane_mean")

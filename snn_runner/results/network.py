@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-READOUTS = ("spike_count",)
+from snn_runner.config import READOUTS
 
 
 class NoNetworkError(ValueError):
@@ -30,7 +30,8 @@ class SavedNetwork:
     input_capacity: int  # K_in the network was trained with
     input_scale: float  # c in u <- alpha*u + (1-alpha)*c*I
     beta: float  # SuperSpike surrogate sharpness (training only)
-    readout: str  # how logits are formed: spike_count = output spikes summed over time
+    readout: str  # how logits are formed (config.READOUTS): spike_count = output spikes summed over time;
+    # membrane_max / membrane_mean = the non-spiking output layer's membrane, max / mean over time
     weights: list[np.ndarray]  # per layer float32 [n_{l-1}, n_l]
     alpha: list[np.ndarray]  # per layer float32 [n_l]
     threshold: list[np.ndarray]  # per layer float32 [n_l]

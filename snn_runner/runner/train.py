@@ -112,7 +112,7 @@ def _record_spikes(steps, data: EventSet) -> dict[str, np.ndarray]:
 def network_record(spec, params, encoding: dict, epoch: int) -> dict:
     """The trained network as plain arrays: what the result file keeps under /model."""
     return {"sizes": tuple(spec.sizes), "capacities": tuple(spec.capacities), "input_capacity": spec.input_capacity,
-            "input_scale": spec.lif.input_scale, "beta": spec.lif.beta, "readout": "spike_count",
+            "input_scale": spec.lif.input_scale, "beta": spec.lif.beta, "readout": spec.readout,
             "weights": [w.numpy() for w in params.weights], "alpha": [np.asarray(a) for a in params.alpha],
             "threshold": [np.asarray(t) for t in params.threshold],
             "threshold2": [np.array(tf_value(t)) for t in params.threshold2], "encoding": encoding, "epoch": epoch}
@@ -165,7 +165,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     penalty = None
     if cfg.train.rate_strength > 0:
         penalty = rate_penalty(cfg.train.rate_low, cfg.train.rate_high, cfg.train.rate_strength,
-                               train_set.time_steps, spec.sizes[1:])
+                               train_set.time_steps, spec.sizes[1:1 + spec.spiking_layers])
     steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity, penalty, backend,
                   cfg.train.clip_norm)
     neurons = np.asarray(spec.sizes[1:], np.float64)

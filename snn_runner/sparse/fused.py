@@ -26,7 +26,8 @@ import tensorflow as tf
 
 from snn_runner.sparse import library
 
-__all__ = ["FusedLayout", "FusedOutput", "check_inputs", "sparse_lif_layer", "spike_count"]
+__all__ = ["FusedLayout", "FusedOutput", "check_inputs", "fused_output", "slot_values", "sparse_lif_layer",
+           "spike_count"]
 
 
 class FusedLayout(NamedTuple):
@@ -83,8 +84,10 @@ class FusedOutput(NamedTuple):
     Slots hold the transmitted spikes (first ``count``) in ascending neuron
     order, then gradient carriers, then -1. The op's surrogate output is only
     used by the gradient and not returned. ``spike_count`` is ``count`` as
-    float32 and differentiable (see ``spike_count``): a loss on it (activity
-    regularisation) trains the weights as in ``sparse_ops``.
+    float32 and ``values`` the slot values (1 per transmitted spike, 0 per
+    carrier and padding), both differentiable (see ``spike_count`` and
+    ``slot_values``): a loss on them (activity regularisation, a readout
+    layer outside the op) trains the weights as in ``sparse_ops``.
     """
 
     logits: tf.Tensor  # [B, n_L] float32
@@ -92,29 +95,52 @@ class FusedOutput(NamedTuple):
     count: list[tf.Tensor]  # per layer [B, T] int32, transmitted spikes
     dropped: list[tf.Tensor]  # per layer [B, T] int32, spikes over capacity
     spike_count: list[tf.Tensor]  # per layer [B, T] float32, = count, differentiable
+    values: list[tf.Tensor]  # per layer [B, T, K_l] float32, slot values, differentiable
+
+
+def _through_surrogate(forward: tf.Tensor, surrogate, to_slots, unsupported: str | None) -> tf.Tensor:
+    """``forward`` whose gradient g reaches the op's ``surrogate`` output as ``to_slots(g)``.
+
+    What arrives at the surrogate output is read by the registered gradient
+    as d loss / d slot value. A backend whose gradient cannot take it (the
+    IPU op) passes ``unsupported``: asking for the gradient then raises
+    NotImplementedError with that text, at trace time, instead of silently
+    dropping it.
+    """
+
+    @tf.custom_gradient
+    def routed(surrogate):
+        def grad(g):
+            if unsupported is not None:
+                raise NotImplementedError(unsupported)
+            return to_slots(g, surrogate)
+
+        return forward, grad
+
+    return routed(surrogate)
 
 
 def spike_count(count, surrogate, unsupported: str | None = None) -> tf.Tensor:
     """``count`` [B, T] as float32, differentiable as the sum of the slot values.
 
     The gradient g[b, t] goes to every slot k of (b, t), as d loss / d value
-    of slot k, by way of the fused op's ``surrogate`` output [B, T, K] (where
-    the registered gradient picks it up). The forward pass costs one cast.
-    A backend whose gradient cannot take it (the IPU op) passes
-    ``unsupported``: asking for the gradient then raises NotImplementedError
-    with that text, at trace time, instead of silently dropping it.
+    of slot k. The forward pass costs one cast.
     """
+    return _through_surrogate(tf.cast(count, tf.float32), surrogate,
+                              lambda g, s: tf.broadcast_to(tf.expand_dims(g, -1), tf.shape(s)), unsupported)
 
-    @tf.custom_gradient
-    def counted(surrogate):
-        def grad(g):
-            if unsupported is not None:
-                raise NotImplementedError(unsupported)
-            return tf.broadcast_to(tf.expand_dims(g, -1), tf.shape(surrogate))
 
-        return tf.cast(count, tf.float32), grad
+def slot_values(count, surrogate, unsupported: str | None = None) -> tf.Tensor:
+    """The slot values [B, T, K]: 1.0 for the first ``count`` slots, 0.0 after; differentiable per slot."""
+    values = tf.cast(tf.sequence_mask(count, maxlen=surrogate.shape[-1]), tf.float32)
+    return _through_surrogate(values, surrogate, lambda g, s: g, unsupported)
 
-    return counted(surrogate)
+
+def fused_output(logits, ids, count, dropped, surrogate, unsupported: str | None = None) -> FusedOutput:
+    """The ``FusedOutput`` of the op's split outputs (``FusedLayout.split_outputs``)."""
+    counts = [spike_count(c, s, unsupported) for c, s in zip(count, surrogate)]
+    values = [slot_values(c, s, unsupported) for c, s in zip(count, surrogate)]
+    return FusedOutput(logits, list(ids), list(count), list(dropped), counts, values)
 
 
 def _tensor(value, dtype: tf.DType, name: str, rank: int) -> tf.Tensor:
@@ -239,15 +265,14 @@ def sparse_lif_layer(
       beta: sharpness of the surrogate derivative.
 
     Returns:
-      FusedOutput(logits, ids, count, dropped, spike_count). Gradients (of
-      the logits and of spike_count) flow to ``weights`` only.
+      FusedOutput(logits, ids, count, dropped, spike_count, values).
+      Gradients (of the logits, spike_count and values) flow to ``weights`` only.
     """
     inputs, caps = check_inputs(in_ids, in_count, weights, alpha, threshold, threshold2, capacities)
     logits, ids, count, dropped, surrogate = library.load().snn_sparse_lif_layer(
         **inputs, capacities=caps, input_scale=float(input_scale), beta=float(beta)
     )
-    counts = [spike_count(c, s) for c, s in zip(count, surrogate)]
-    return FusedOutput(logits, list(ids), list(count), list(dropped), counts)
+    return fused_output(logits, ids, count, dropped, surrogate)
 
 
 def _value_gradient(grad) -> tf.Tensor | None:
