@@ -162,7 +162,8 @@ def _run_model(net: SavedNetwork, ids, count):
     from snn_runner.neuron.lif import LIFParameters
 
     spec = NetworkSpec(sizes=net.sizes, capacities=net.capacities, input_capacity=net.input_capacity,
-                       lif=LIFParameters(input_scale=net.input_scale, beta=net.beta), weight_scale=1.0)
+                       lif=LIFParameters(input_scale=net.input_scale, beta=net.beta), weight_scale=1.0,
+                       readout=net.readout)
     params = Parameters(spec, seed=0)
     for var, w in zip(params.weights, net.weights):
         var.assign(w)
@@ -203,6 +204,29 @@ def test_model_and_nir_simulator_agree(tmp_path):
     assert np.mean(counts == logits) >= 0.99
     assert (np.argmax(counts, axis=1) == np.argmax(logits, axis=1)).all()
     assert len(set(np.argmax(logits, axis=1))) > 1  # the predictions are not all one class
+
+
+@pytest.mark.parametrize("readout", ["membrane_max", "membrane_mean"])
+def test_membrane_readout_is_an_li_node_and_the_simulator_agrees(tmp_path, readout):
+    net = make_network()
+    net.readout = readout
+    net.threshold[-1] = np.full(SIZES[-1], np.inf, np.float32)  # never used by a readout that does not fire
+    ids, count, frames = random_input()
+    path = tmp_path / "net.nir"
+    write_nir(net, path)
+    graph = nir.read(path)
+    assert isinstance(graph.nodes["li3"], nir.LI) and "lif3" not in graph.nodes
+    assert ("li3", "output") in graph.edges and graph.metadata["readout_node"] == "li3"
+    assert graph.metadata["readout"] == readout
+
+    trains, logits = _run_model(net, ids, count)
+    rec = simulate(graph, frames)
+    assert min(float((ours == rec[f"lif{l}"]).mean()) for l, ours in enumerate(trains[:-1], start=1)) >= 0.999
+    membrane = rec["output"]  # what reaches the Output node: the LI membrane at every step
+    nir_logits = membrane.max(axis=1) if readout == "membrane_max" else membrane.mean(axis=1)
+    assert np.ptp(logits) > 0.1
+    np.testing.assert_allclose(nir_logits, logits, rtol=1e-3, atol=1e-3 * np.abs(logits).max())
+    assert (np.argmax(nir_logits, axis=1) == np.argmax(logits, axis=1)).mean() >= 0.97
 
 
 # -- the command --------------------------------------------------------------------------------------------------

@@ -22,6 +22,11 @@ nothing happens to v in between. The graph is
 
     input -> linear1 -> lif1 -> delay1 -> linear2 -> lif2 -> ... -> linearL -> lifL -> output
 
+With a membrane readout (``membrane_max`` / ``membrane_mean``) the last layer
+never fires: it is NIR's leaky integrator ``LI`` (same tau, r and v_leak), the
+last node is ``liL`` instead of ``lifL``, and the Output node receives its
+membrane, whose maximum or mean over the steps is the logits.
+
 with ``Linear.weight`` ``[n_l, n_{l-1}]`` (NIR's ``[out, in]``, the transpose
 of how the model stores it) and ``Delay.delay`` one step, ``dt`` seconds, per
 neuron. Times are in seconds. The conventions NIR itself does not fix (the
@@ -47,7 +52,15 @@ FORMAT = "snn-runner network"
 READOUT_RULES = {
     "spike_count": "logits[j] = number of spikes of output neuron j summed over all time steps; "
                    "prediction = argmax of the logits (the lowest index wins a tie)",
+    "membrane_max": "logits[j] = the largest membrane v of output LI neuron j over all time steps (v starts at 0); "
+                    "prediction = argmax of the logits (the lowest index wins a tie)",
+    "membrane_mean": "logits[j] = the mean membrane v of output LI neuron j over all time steps (v starts at 0); "
+                     "prediction = argmax of the logits (the lowest index wins a tie)",
 }
+
+
+def _membrane(readout: str) -> bool:
+    return readout != "spike_count"
 
 
 def default_dt(net: SavedNetwork) -> float:
@@ -56,13 +69,18 @@ def default_dt(net: SavedNetwork) -> float:
     return float(dt_ms if dt_ms is not None else 1.0) / 1000.0
 
 
-def node_names(layers: int) -> list[str]:
+def neuron_node(l: int, layers: int, readout: str) -> str:
+    """The name of layer l's neuron node: ``lifL``, or ``liL`` for a membrane readout's last layer."""
+    return f"li{l}" if l == layers and _membrane(readout) else f"lif{l}"
+
+
+def node_names(layers: int, readout: str = "spike_count") -> list[str]:
     """The graph's nodes in the order a spike passes them."""
     names = ["input"]
     for l in range(1, layers + 1):
         if l > 1:
             names.append(f"delay{l - 1}")
-        names += [f"linear{l}", f"lif{l}"]
+        names += [f"linear{l}", neuron_node(l, layers, readout)]
     return names + ["output"]
 
 
@@ -93,7 +111,7 @@ def _metadata(net: SavedNetwork, dt: float) -> dict:
                             "step t-1 (the delay nodes, one step of dt each)",
         "readout": net.readout,
         "readout_rule": READOUT_RULES[net.readout],
-        "readout_node": f"lif{net.layers}",
+        "readout_node": neuron_node(net.layers, net.layers, net.readout),
         "sizes": np.asarray(net.sizes, np.int64),
         "capacities": np.asarray(net.capacities, np.int64),
         "input_capacity": int(net.input_capacity),
@@ -131,6 +149,10 @@ def to_nir(net: SavedNetwork, dt: float | None = None) -> nir.NIRGraph:
         if l > 1:
             nodes[f"delay{l - 1}"] = nir.Delay(delay=np.full(n_pre, dt), metadata={"steps": 1})
         nodes[f"linear{l}"] = nir.Linear(weight=np.ascontiguousarray(w.T), metadata={"layer": l})
+        if l == net.layers and _membrane(net.readout):  # the readout: integrates, never fires
+            nodes[f"li{l}"] = nir.LI(tau=dt / (1.0 - alpha), r=np.full(n, float(net.input_scale)),
+                                     v_leak=np.zeros(n), metadata={"layer": l})
+            continue
         nodes[f"lif{l}"] = nir.LIF(
             tau=dt / (1.0 - alpha),
             r=np.full(n, float(net.input_scale)),
@@ -140,7 +162,7 @@ def to_nir(net: SavedNetwork, dt: float | None = None) -> nir.NIRGraph:
             metadata={"layer": l},
         )
     nodes["output"] = nir.Output(output_type=np.array([net.sizes[-1]]))
-    names = node_names(net.layers)
+    names = node_names(net.layers, net.readout)
     edges = list(zip(names[:-1], names[1:]))
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=_metadata(net, dt))
 
