@@ -92,3 +92,35 @@ def test_progress_lines_with_an_eta_come_before_each_epoch_line(tmp_path):
     quiet = run_cli("train", "--implementation", "dense", "--epochs", "1", "--hidden", "16", "--time-steps", "20",
                     "--progress-s", "0", "-o", "q.h5", cwd=tmp_path)
     assert quiet.returncode == 0 and " step " not in quiet.stdout
+
+
+def test_set_and_readout_options_reach_the_recorded_config(tmp_path):
+    import json
+
+    import h5py
+
+    result = run_cli("train", "--implementation", "dense", "--epochs", "1", "--hidden", "16", "--time-steps", "20",
+                     "--readout", "membrane_mean", "--set", "train.optimizer=adamw", "--set", "train.weight_decay=1e-4",
+                     "--set", "model.threshold2_start=-.inf", "--set", "data.train_samples_per_class=20",
+                     "-o", "r.h5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        cfg = json.loads(f.attrs["config_json"])
+    assert cfg["model"]["readout"] == "membrane_mean" and cfg["train"]["optimizer"] == "adamw"
+    assert cfg["train"]["weight_decay"] == 1e-4 and cfg["model"]["threshold2_start"] == float("-inf")
+    assert cfg["data"]["train_samples_per_class"] == 20
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("train.optimzer=adamw", "did you mean 'optimizer'"),
+    ("train.clip_norm", "SECTION.KEY=VALUE"),
+    ("modle.readout=membrane_max", "SECTION.KEY=VALUE"),
+    ("model.readout=membrane", "model.readout"),
+    ("train.weight_decay=abc", "train.weight_decay"),
+])
+def test_bad_set_values_exit_2_with_one_error_line(tmp_path, setting, named):
+    result = run_cli("train", "--set", setting, cwd=tmp_path)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and named in error[0], result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []

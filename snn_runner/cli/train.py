@@ -23,6 +23,7 @@ from snn_runner.config import (
     BACKENDS,
     DATASETS,
     IMPLEMENTATIONS,
+    READOUTS,
     ConfigError,
     DataConfig,
     ModelConfig,
@@ -73,11 +74,16 @@ def stopped_at_once():
 @click.option("--init-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Start from the weights of the network trained in this result file (fine-tuning, or "
                    "retraining at another capacity); sizes must match.")
+@click.option("--readout", type=click.Choice(READOUTS), default=_defaults.model.readout, show_default=True,
+              help="Logits: output spikes summed over time, or a non-spiking output layer's membrane max / mean.")
+@click.option("--set", "settings", metavar="SECTION.KEY=VALUE", multiple=True,
+              help="Any other job-file key, e.g. --set train.optimizer=adamw --set train.weight_decay=1e-4 "
+                   "(repeatable; applied after the options above, checked like a job file).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Result file to write  [default: results/<dataset>-<implementation>-<time>.h5]")
 @click.pass_context
 def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, epochs, batch_size, learning_rate,
-          hidden, time_steps, max_activity, seed, backend, progress_s, init_from, output):
+          hidden, time_steps, max_activity, seed, backend, progress_s, init_from, readout, settings, output):
     """Train networks and write metrics, timings and spikes to HDF5.
 
     With JOB (a YAML job file): run its tasks (all, or those of --task), one
@@ -98,13 +104,15 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
         raise click.UsageError("--task and --output-dir need a JOB file")
     try:
         cfg = RunConfig(
-            model=ModelConfig(hidden=hidden, max_activity=max_activity, implementation=implementation),
+            model=ModelConfig(hidden=hidden, max_activity=max_activity, implementation=implementation,
+                              readout=readout),
             data=DataConfig(dataset=dataset, time_steps=time_steps, seed=seed,
                             data_dir=str(data_dir) if data_dir else ""),
             train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                               backend=backend, progress_s=progress_s,
                               init_from=str(init_from) if init_from else ""),
         ).validate()
+        cfg = with_settings(cfg, settings)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
     from snn_runner.dispatch import resolve, run_training
@@ -122,6 +130,28 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
         exit_interrupted(err if named else f"{err} with -o {output}")
     log(f"result: {summary.path}")
     log(f"final test accuracy: {summary.test_accuracy:.4f}")
+
+
+def with_settings(cfg: RunConfig, settings: tuple[str, ...]) -> RunConfig:
+    """``cfg`` with ``--set SECTION.KEY=VALUE`` applied; values are read as YAML scalars (1e-4, -.inf, [64, 64])."""
+    import yaml
+
+    if not settings:
+        return cfg
+    raw = cfg.to_dict()
+    for item in settings:
+        dotted, eq, text = item.partition("=")
+        section, _, key = dotted.strip().partition(".")
+        if not eq or section not in raw or not key:
+            raise ConfigError(f"--set {item}: expected SECTION.KEY=VALUE with SECTION one of "
+                              f"{', '.join(raw)}, e.g. --set train.clip_norm=1.0")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: {text!r} is not a value; write numbers, words or lists "
+                              "as in a job file") from None
+        raw[section][key.strip()] = value
+    return RunConfig.from_dict(raw, where="--set")
 
 
 def _train_job(job, task_spec, output_dir):
