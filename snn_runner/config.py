@@ -28,7 +28,8 @@ PRESENTATION_KEYS = {"train": ("progress_s",)}
 # Keys added after runs were recorded: left out of the identity while at their
 # default, so the task ids and checkpoints of earlier runs stay valid.
 LATER_KEYS = {"model": ("threshold2_start", "threshold2_epochs", "readout"),
-              "train": ("weight_decay", "clip_norm", "schedule", "warmup_epochs", "lr_min", "patience")}
+              "train": ("weight_decay", "clip_norm", "schedule", "warmup_epochs", "lr_min", "patience",
+                        "capacity_strength", "capacity_target")}
 
 
 class ConfigError(ValueError):
@@ -138,6 +139,11 @@ class TrainConfig:
     rate_low: float = 0.0
     rate_high: float = 1.0
     rate_strength: float = 0.0
+    # Capacity penalty per hidden layer: capacity_strength * mean over (sample, step) of
+    # relu(spikes / K - capacity_target)^2, dropped spikes included: keeps bursts under the capacity K
+    # (what the sparse implementations can transmit); 0 turns it off. Dense gets it too, with its own K.
+    capacity_strength: float = 0.0
+    capacity_target: float = 0.5
     progress_s: float = 30.0  # seconds between progress lines inside an epoch; 0: none
     init_from: str = ""  # a training result file whose /model weights start this run; empty: random weights
     # decoupled weight decay (w <- w - lr * weight_decay * w each step), for every optimizer; adamw needs it > 0
@@ -159,6 +165,10 @@ class TrainConfig:
         _check_range("train.rate_high", self.rate_high, self.rate_low, 1.0, f"in [rate_low={self.rate_low}, 1]")
         if not self.rate_strength >= 0 or math.isinf(self.rate_strength):
             _fail("train.rate_strength", self.rate_strength, "0 (off) or a positive finite number")
+        if not self.capacity_strength >= 0 or math.isinf(self.capacity_strength):
+            _fail("train.capacity_strength", self.capacity_strength, "0 (off) or a positive finite number")
+        _check_range("train.capacity_target", self.capacity_target, 0.0, 1.0,
+                     "a fraction of the capacity in (0, 1]", lo_open=True)
         _check_min("train.epochs", self.epochs, 1)
         _check_min("train.batch_size", self.batch_size, 1)
         _check_positive("train.learning_rate", self.learning_rate)
@@ -198,16 +208,12 @@ class RunConfig:
         if self.train.patience > 0 and self.data.validation_fraction == 0:
             raise ConfigError(f"train.patience: invalid value {self.train.patience}; early stopping watches the "
                               "validation accuracy: set data.validation_fraction > 0, or patience to 0")
-        if self.train.rate_strength > 0 and self.model.implementation == "sparse_layer" \
-                and self.train.backend == "ipu":
-            raise ConfigError("train.rate_strength: activity regularisation with sparse_layer is not available on "
-                              "the IPU backend (its Poplar gradient covers the loss on the logits only); use "
-                              "sparse_ops or dense there, or set rate_strength to 0")
-        if self.model.readout != "spike_count" and self.model.implementation == "sparse_layer" \
-                and self.train.backend == "ipu":
-            raise ConfigError(f"model.readout: {self.model.readout} with sparse_layer is not available on the IPU "
-                              "backend (its Poplar gradient covers spike-count logits only); use sparse_ops or "
-                              "dense there, or readout spike_count")
+        if self.model.implementation == "sparse_layer" and self.train.backend == "ipu":
+            key = value_gradient_key(self)
+            if key is not None:
+                raise ConfigError(f"{key}: a loss on spike counts or slot values with sparse_layer is not available on "
+                                  "the IPU backend (its Poplar gradient covers spike-count logits only); use "
+                                  "sparse_ops or dense there, or turn it off")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,6 +248,20 @@ class RunConfig:
     def replace(self, section: str, **changes: Any) -> "RunConfig":
         new_section = dataclasses.replace(getattr(self, section), **changes)
         return dataclasses.replace(self, **{section: new_section}).validate()
+
+
+def value_gradient_key(cfg: RunConfig) -> str | None:
+    """The first key whose loss needs the fused op's gradient of spike counts or slot values, or None.
+
+    The regularisers and a membrane readout do; the IPU's fused op has no such gradient.
+    """
+    if cfg.train.rate_strength > 0:
+        return "train.rate_strength"
+    if cfg.train.capacity_strength > 0:
+        return "train.capacity_strength"
+    if cfg.model.readout != "spike_count":
+        return "model.readout"
+    return None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from snn_runner.backend import get_backend
 from snn_runner.config import ModelConfig
 from snn_runner.model import NetworkSpec, Parameters
 from snn_runner.model import build_model as build_on_backend
-from snn_runner.model.steps import rate_penalty
+from snn_runner.model.steps import capacity_penalty, rate_penalty
 from snn_runner.sparse.spikes import frames_from_sparse
 from snn_runner.neuron.lif import heaviside, superspike_derivative
 from snn_runner.sparse import library
@@ -263,3 +263,48 @@ def test_membrane_readout_with_rate_penalty_gradient_equals_dense(implementation
     assert_logits_close(out.logits.numpy(), dense_out.logits.numpy())
     assert_penalty_matters(params, ids, count, model, penalty, grads)
     assert_grads_close(grads, dense_grads)
+
+
+@pytest.mark.parametrize("implementation", SPARSE)
+@pytest.mark.parametrize("readout", ["spike_count", "membrane_max"])
+def test_capacity_penalty_gradient_equals_dense(implementation, readout):
+    spec, params, ids, count, _ = setup(6, max_activity=1.0, threshold2_fraction=-math.inf, readout=readout)
+    # with K = n the fill of a step is the layer's rate in that step; 0.05 makes the hinge act on busy steps
+    penalty = capacity_penalty(50.0, 0.05, spec.capacities[:-1])
+    model = build_model(implementation, spec, params)
+
+    def grads(m):
+        with tf.GradientTape() as tape:
+            out = m(ids, count)
+            loss = penalty(out)
+        return loss.numpy(), [g.numpy() for g in tape.gradient(loss, params.trainable)[:-1]]
+
+    dense_loss, dense_grads = grads(build_model("dense", spec, params))
+    sparse_loss, sparse_grads = grads(model)
+    assert dense_loss > 0
+    np.testing.assert_allclose(sparse_loss, dense_loss, rtol=1e-6)
+    assert all(np.abs(g).sum() > 0 for g in dense_grads)
+    assert_grads_close(sparse_grads, dense_grads)
+
+
+def test_capacity_penalty_counts_dropped_spikes_and_implementations_agree():
+    spec, params, ids, count, _ = setup(7, max_activity=0.1, threshold2_fraction=0.5)
+    penalty = capacity_penalty(50.0, 0.5, spec.capacities[:-1])
+
+    def grads(name):
+        with tf.GradientTape() as tape:
+            out = build_model(name, spec, params)(ids, count)
+            loss = penalty(out)
+        return out, loss.numpy(), [g.numpy() for g in tape.gradient(loss, params.trainable)[:-1]]
+
+    a, loss_a, ga = grads("sparse_ops")
+    b, loss_b, gb = grads("sparse_layer")
+    assert a.dropped.numpy().sum() > 0
+    np.testing.assert_array_equal(a.step_dropped.numpy(), b.step_dropped.numpy())
+    assert a.step_dropped.numpy().sum() == a.dropped.numpy()[:-1].sum()
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    # the value counts the dropped spikes: without them it would be smaller
+    fill = a.step_spikes.numpy() / np.array(spec.capacities[:-1], np.float32)[:, None, None]
+    without = 50.0 * np.sum(np.mean(np.maximum(fill - 0.5, 0) ** 2, axis=(1, 2)))
+    assert loss_a > without * 1.01
+    assert_grads_close(gb, ga)

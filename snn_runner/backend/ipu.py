@@ -22,8 +22,8 @@ from snn_runner.sparse.fused import FusedLayout, check_inputs, fused_output
 from snn_runner.sparse.spikes import SparseSpikes
 
 IPU_MODE = "tf.function on IPUStrategy, XLA compiled (Poplar)"
-NO_COUNT_GRADIENT = ("activity regularisation (train.rate_strength > 0) and membrane readouts with sparse_layer are "
-                     "not available on the IPU: the Poplar op's gradient covers the loss on the logits only")
+NO_COUNT_GRADIENT = ("the activity and capacity penalties and membrane readouts with sparse_layer are not available "
+                     "on the IPU: the Poplar op's gradient covers the loss on spike-count logits only")
 
 
 def _static(shape: tf.TensorShape, what: str) -> list[int]:

@@ -7,7 +7,7 @@ to a ``ModelOutput``; the sparse implementations run the backend's ops.
 
 from __future__ import annotations
 
-from snn_runner.config import IMPLEMENTATIONS, RunConfig
+from snn_runner.config import IMPLEMENTATIONS, RunConfig, value_gradient_key
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
 
 __all__ = ["ModelOutput", "NetworkSpec", "Parameters", "build_model", "resolve", "resolve_implementation"]
@@ -35,8 +35,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.model.implementation != "auto":
         return cfg
     implementation = resolve_implementation("auto")
-    needs_value_gradient = cfg.train.rate_strength > 0 or cfg.model.readout != "spike_count"
-    if implementation == "sparse_layer" and needs_value_gradient and cfg.train.backend == "ipu":
+    if implementation == "sparse_layer" and value_gradient_key(cfg) is not None and cfg.train.backend == "ipu":
         # the IPU's fused gradient covers spike-count logits only: not the activity
         # regulariser, nor a membrane readout fed by the last hidden layer's slots
         implementation = "sparse_ops"

@@ -62,4 +62,6 @@ class DenseModel:
             trains.append(tf.zeros_like(current))
         else:
             logits = tf.reduce_sum(x, axis=0)
-        return ModelOutput(logits, tf.stack(totals), tf.zeros([spec.layers], tf.int32)), trains
+        steps = tf.stack([tf.transpose(tf.reduce_sum(x, axis=2)) for x in trains[:spec.layers - 1]])
+        return ModelOutput(logits, tf.stack(totals), tf.zeros([spec.layers], tf.int32), steps,
+                           tf.zeros_like(steps)), trains

@@ -98,3 +98,7 @@ class ModelOutput(NamedTuple):
     logits: tf.Tensor  # [B, n_L] output spike counts over time, or the readout membrane's max / mean
     spikes: tf.Tensor  # [L] float: spikes emitted per layer, summed over batch and time
     dropped: tf.Tensor  # [L] int32: spikes dropped for lack of capacity
+    # per hidden layer [L_hidden, B, T] float: spikes per step (differentiable as in ``spikes``) and dropped
+    # ones, for the capacity penalty (hidden layers are the ones with a capacity below their size)
+    step_spikes: tf.Tensor
+    step_dropped: tf.Tensor

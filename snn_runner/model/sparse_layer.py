@@ -40,7 +40,9 @@ class SparseLayerModel:
             logits = membrane_readout(self.spec, self.params, self.backend, delay_one_step(last))
             totals.append(tf.constant(0.0))
             dropped.append(tf.constant(0))
-        return ModelOutput(logits, tf.stack(totals), tf.stack(dropped))
+        hidden = self.spec.layers - 1
+        return ModelOutput(logits, tf.stack(totals), tf.stack(dropped), tf.stack(out.spike_count[:hidden]),
+                           tf.stack([tf.cast(d, tf.float32) for d in out.dropped[:hidden]]))
 
     def spike_trains(self, ids: tf.Tensor, count: tf.Tensor) -> list[tf.Tensor]:
         """Per layer, the 0/1 transmitted spikes [B, T, n] (for recording a few samples)."""

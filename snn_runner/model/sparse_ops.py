@@ -96,7 +96,7 @@ class SparseOpsModel:
         # a static batch keeps every op's shapes static (the IPU ops are planned from them)
         batch = ids.shape[0] if ids.shape[0] is not None else tf.shape(ids)[0]
         spikes = time_major(SparseSpikes.from_ids(ids, count))
-        totals, dropped, layers = [], [], []
+        totals, dropped, layers, per_step, dropped_per_step = [], [], [], [], []
         for l in range(spec.spiking_layers):
             if l > 0:
                 spikes = delay_one_step(spikes)
@@ -111,6 +111,9 @@ class SparseOpsModel:
             # summing values (1 per spike) keeps the count differentiable for rate regularisation
             totals.append(tf.reduce_sum(selected.values))
             dropped.append(tf.reduce_sum(lost))
+            if l < spec.layers - 1:
+                per_step.append(tf.transpose(tf.reshape(tf.reduce_sum(selected.values, axis=1), [steps, batch])))
+                dropped_per_step.append(tf.transpose(tf.reshape(tf.cast(lost, tf.float32), [steps, batch])))
         if spec.membrane_readout:  # a leaky integrator that never fires
             logits = membrane_readout(spec, p, ops, delay_one_step(spikes))
             totals.append(tf.constant(0.0))
@@ -118,4 +121,5 @@ class SparseOpsModel:
             layers.append(no_spikes(steps, batch))
         else:
             logits = readout(spikes, spec.sizes[-1])
-        return ModelOutput(logits, tf.stack(totals), tf.stack(dropped)), layers
+        return ModelOutput(logits, tf.stack(totals), tf.stack(dropped), tf.stack(per_step),
+                           tf.stack(dropped_per_step)), layers

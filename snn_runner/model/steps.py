@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from snn_runner.backend.cpu import GRAPH_MODE
 
-__all__ = ["GRAPH_MODE", "Steps", "cross_entropy", "rate_penalty"]
+__all__ = ["GRAPH_MODE", "Steps", "capacity_penalty", "cross_entropy", "rate_penalty"]
 
 
 def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -22,7 +22,7 @@ class Steps:
     """
 
     def __init__(self, model, params, optimizer, time_steps: int, capacity: int, rate_penalty, backend,
-                 clip_norm: float = 0.0):
+                 clip_norm: float = 0.0, capacity_penalty=None):
         if model.backend is not backend:
             # the record names `backend`; the model's ops must be that backend's
             raise ValueError(f"the model was built for backend {model.backend.name!r}, not {backend.name!r}")
@@ -30,6 +30,7 @@ class Steps:
         self.params = params
         self.optimizer = optimizer
         self.rate_penalty = rate_penalty  # callable(spikes per layer, batch) -> scalar, or None
+        self.capacity_penalty = capacity_penalty  # callable(ModelOutput) -> scalar, or None
         self.clip_norm = float(clip_norm)  # global-norm gradient clipping; 0: off
         self.mode = backend.mode
         signature = (
@@ -52,6 +53,8 @@ class Steps:
             loss = tf.reduce_mean(losses)
             if self.rate_penalty is not None:
                 loss = loss + self.rate_penalty(out.spikes, tf.shape(labels)[0])
+            if self.capacity_penalty is not None:
+                loss = loss + self.capacity_penalty(out)
         grads = tape.gradient(loss, self.params.trainable)
         if self.clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
@@ -73,5 +76,24 @@ def rate_penalty(low: float, high: float, strength: float, time_steps: int, size
     def penalty(spikes, batch):
         rate = spikes[:len(sizes)] / (tf.cast(batch, tf.float32) * float(time_steps) * neurons)
         return strength * tf.reduce_sum(tf.square(tf.nn.relu(low - rate)) + tf.square(tf.nn.relu(rate - high)))
+
+    return penalty
+
+
+def capacity_penalty(strength: float, target: float, capacities):
+    """Squared hinge on each hidden layer's spikes per step beyond ``target`` x its capacity K.
+
+    The mean-rate hinge cannot stop bursts, and bursts are what overflow K:
+    this one acts on every (sample, step) whose spikes fill more than
+    ``target`` of the layer's slots. Dropped spikes count in its value (they
+    did fire) but carry no gradient (they reach no slot), so in the sparse
+    implementations the push goes to the transmitted ones; with K = n and no
+    drops it is the same loss as in dense.
+    """
+    slots = tf.constant([float(k) for k in capacities], tf.float32)[:, None, None]
+
+    def penalty(out):
+        fill = (out.step_spikes + tf.stop_gradient(out.step_dropped)) / slots
+        return strength * tf.reduce_sum(tf.reduce_mean(tf.square(tf.nn.relu(fill - target)), axis=[1, 2]))
 
     return penalty

@@ -20,7 +20,7 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from snn_runner.config import ConfigError, DataConfig, RunConfig
+from snn_runner.config import ConfigError, DataConfig, RunConfig, value_gradient_key
 
 LIMIT_FRACTION = 0.9
 GB = 1024**3
@@ -74,7 +74,8 @@ def _implementation(cfg: RunConfig) -> str:
     impl = cfg.model.implementation
     if impl != "auto":
         return impl
-    return "sparse_ops" if cfg.train.rate_strength > 0 else "sparse_layer"  # what resolve() picks here
+    needs_values = value_gradient_key(cfg) is not None and cfg.train.backend == "ipu"
+    return "sparse_ops" if needs_values else "sparse_layer"  # what resolve() picks here
 
 
 def _dataset_bytes(data: DataConfig, n_in: int, n_out: int) -> tuple[int, int]:

@@ -142,7 +142,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     # TensorFlow is imported late (through these): its start-up is slow and not needed for --help
     from snn_runner.backend import get_backend
     from snn_runner.model import NetworkSpec, Parameters, build_model
-    from snn_runner.model.steps import Steps, rate_penalty
+    from snn_runner.model.steps import Steps, capacity_penalty, rate_penalty
 
     cfg.validate()
     # The backend comes first: a missing IPU stack fails here, before any data or model work.
@@ -166,8 +166,11 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     if cfg.train.rate_strength > 0:
         penalty = rate_penalty(cfg.train.rate_low, cfg.train.rate_high, cfg.train.rate_strength,
                                train_set.time_steps, spec.sizes[1:1 + spec.spiking_layers])
+    capacity = None
+    if cfg.train.capacity_strength > 0:
+        capacity = capacity_penalty(cfg.train.capacity_strength, cfg.train.capacity_target, spec.capacities[:-1])
     steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity, penalty, backend,
-                  cfg.train.clip_norm)
+                  cfg.train.clip_norm, capacity)
     neurons = np.asarray(spec.sizes[1:], np.float64)
 
     if init is not None:
