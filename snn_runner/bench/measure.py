@@ -31,6 +31,10 @@ class CaseResult:
     dropped_spikes: list[float]  # per layer, per training step (mean over timed steps)
     peak_rss_mb: float
     mode: str
+    # synaptic operations per sample and weight matrix, as Tally.synops counts them in training:
+    # [0] input events x n_1, [l] spikes of hidden layer l x n_{l+1} (the readout's reach no synapse)
+    synops_per_sample: list[float]
+    synops_total: float
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +88,7 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
         forward_ms.append(1e3 * (time.perf_counter() - t0))
     neurons = np.asarray(spec.sizes[1:], np.float64)
     rate = spikes / (bench.steps * len(labels) * data.time_steps * neurons)
+    synops = synops_from_spikes(np.sum(count) / len(labels), spikes / (bench.steps * len(labels)), spec.sizes)
     return CaseResult(
         implementation=cfg.model.implementation,
         max_activity=cfg.model.max_activity,
@@ -102,4 +107,24 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
         dropped_spikes=[float(x) for x in dropped / bench.steps],
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         mode=step.mode,
+        synops_per_sample=[float(x) for x in synops],
+        synops_total=float(np.sum(synops)),
     )
+
+
+def synops_from_spikes(input_events: float, spikes, sizes) -> np.ndarray:
+    """[L] synaptic operations per sample: events entering weight matrix l times its fan-out n_{l+1}.
+
+    ``input_events`` and ``spikes`` ([L], hidden layers then the readout) are per sample;
+    the same count as ``Tally.synops`` of a training epoch, so bench and train figures compare.
+    """
+    events = np.concatenate([[float(input_events)], np.asarray(spikes, np.float64)[:-1]])
+    return events * np.asarray(sizes[1:], np.float64)
+
+
+def format_synops(total) -> str:
+    """A SynOps count with an SI prefix (``4.7 M``): bench and paper-size networks differ by orders of magnitude."""
+    for factor, prefix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(total) >= factor:
+            return f"{total / factor:.3g}{prefix}"
+    return f"{total:.3g}"

@@ -12,7 +12,7 @@ import multiprocessing as mp
 from pathlib import Path
 from typing import Callable
 
-from snn_runner.bench.measure import measure_case
+from snn_runner.bench.measure import format_synops, measure_case
 from snn_runner.config import BENCH_NETWORKS, BenchConfig, RunConfig
 from snn_runner.files import atomic_text
 
@@ -95,13 +95,22 @@ def _line(rec: dict, dense: dict | None) -> str:
     act = "-" if rec["implementation"] == "dense" else f"{rec['max_activity']:.2f}"
     return (f"  {rec['implementation']:<13} act {act:>4}  step {rec['step_ms_median']:8.1f} ms"
             f"  fwd {rec['forward_ms_median']:7.1f} ms{speed}  rate% {rates}  dropped/step {drops}"
-            f"  rss {rec['peak_rss_mb']:.0f} MB  compile {rec['compile_s']:.1f} s")
+            f"  synops/sample {synops(rec) or '-'}  rss {rec['peak_rss_mb']:.0f} MB"
+            f"  compile {rec['compile_s']:.1f} s")
+
+
+def synops(rec: dict) -> str:
+    """Total synaptic operations per sample; "" for records made before bench counted them."""
+    total = rec.get("synops_total")
+    if total is None and rec.get("synops_per_sample") is not None:
+        total = sum(rec["synops_per_sample"])
+    return "" if total is None else format_synops(float(total))
 
 
 def format_table(records: list[dict]) -> str:
     head = ("| network | implementation | max_activity | step ms (median) | forward ms | speed-up vs dense (step) "
-            "| spike rate % per layer | dropped/step per layer | peak RSS MB |")
-    rows = [head, "|" + "---|" * 9]
+            "| spike rate % per layer | dropped/step per layer | SynOps/sample | peak RSS MB |")
+    rows = [head, "|" + "---|" * 10]
     for r in records:
         speed = r.get("speedup_vs_dense")
         act = "-" if r["implementation"] == "dense" else f"{r['max_activity']:.2f}"  # dense has no capacity
@@ -109,7 +118,7 @@ def format_table(records: list[dict]) -> str:
             f"| {r['sizes']} | {r['implementation']} | {act} | {r['step_ms_median']:.1f} "
             f"| {r['forward_ms_median']:.1f} | {'' if speed is None else f'{speed:.2f}x'} "
             f"| {' / '.join(f'{100 * x:.2f}' for x in r['spike_rate_per_layer'])} "
-            f"| {' / '.join(f'{x:.0f}' for x in r['dropped_spikes'])} | {r['peak_rss_mb']:.0f} |")
+            f"| {' / '.join(f'{x:.0f}' for x in r['dropped_spikes'])} | {synops(r)} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(rows)
 
 

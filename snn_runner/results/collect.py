@@ -37,10 +37,14 @@ RESULT_SUFFIXES = (".h5", ".hdf5")
 
 COLUMNS = (
     "file", "kind", "job_name", "task_index", "task_id", "implementation", "dataset", "network", "sizes",
-    "time_steps", "batch_size", "max_activity", "epochs", "final_test_accuracy", "final_test_loss", "final_train_loss", "spike_rate",
-    "dropped_spikes", "step_ms_median", "forward_ms_median", "compile_s", "peak_rss_mb", "host",
+    "time_steps", "batch_size", "max_activity", "seed", "readout", "epochs", "final_test_accuracy", "final_test_loss",
+    "final_train_loss", "best_test_accuracy", "best_epoch", "spike_rate", "dropped_spikes", "dropped_per_step",
+    "synops", "step_ms_median", "forward_ms_median", "compile_s", "peak_rss_mb", "host",
     "slurm_job_id", "slurm_array_task_id", "git_revision",
 )
+# Columns added after tables were collected: a table without them reads back with "" there.
+LATER_COLUMNS = ("seed", "readout", "best_test_accuracy", "best_epoch", "dropped_per_step", "synops")
+DEFAULT_READOUT = "spike_count"  # what every run recorded before model.readout existed
 
 
 @dataclass
@@ -54,31 +58,85 @@ class Collection:
 def _row(path: Path, rec: dict[str, Any]) -> dict[str, Any]:
     a, cfg = rec["attrs"], rec["config"]
     row = {c: "" for c in COLUMNS}
+    seed = cfg["train"].get("seed", "")
     row.update(file=str(path), kind=a["kind"], job_name=a.get("job_name", ""), task_index=a.get("task_index", -1),
                task_id=a.get("task_id", ""), implementation=a.get("implementation", ""),
                dataset=cfg["data"]["dataset"], time_steps=cfg["data"]["time_steps"],
-               batch_size=cfg["train"]["batch_size"], max_activity=cfg["model"]["max_activity"], host=a.get("host", ""),
-               slurm_job_id=a.get("slurm_job_id", ""), slurm_array_task_id=a.get("slurm_array_task_id", ""),
-               git_revision=a.get("git_revision", ""))
+               batch_size=cfg["train"]["batch_size"], max_activity=cfg["model"]["max_activity"],
+               seed=int(seed) if _is_int(seed) else "", readout=str(cfg["model"].get("readout", DEFAULT_READOUT)),
+               host=a.get("host", ""), slurm_job_id=a.get("slurm_job_id", ""),
+               slurm_array_task_id=a.get("slurm_array_task_id", ""), git_revision=a.get("git_revision", ""))
     if a["kind"] == "train":
-        m, t = rec["metrics"], rec["timing"]
-        row.update(epochs=len(m["epoch"]), final_test_accuracy=float(m["test_accuracy"][-1]),
-                   final_test_loss=float(m["test_loss"][-1]), final_train_loss=float(m["train_loss"][-1]),
-                   spike_rate=json.dumps([round(float(x), 6) for x in m["spike_rate"][-1]]),
-                   dropped_spikes=int(np.sum(m["dropped_spikes"][-1])),
-                   step_ms_median=float(np.median(t["step_seconds"]) * 1e3) if len(t["step_seconds"]) else "",
-                   compile_s=float(t["compile_seconds"]),
-                   sizes=json.dumps([int(x) for x in a.get("sizes", [])]))
+        row.update(_train_columns(rec))
     else:
-        b = rec["bench"]
-        row.update(implementation=b["implementation"], network=b["network"],
-                   sizes=json.dumps([int(x) for x in b["sizes"]]),
-                   max_activity=float(b["max_activity"]), step_ms_median=float(b["step_ms_median"]),
-                   forward_ms_median=float(b["forward_ms_median"]), compile_s=float(b["compile_s"]),
-                   peak_rss_mb=float(b["peak_rss_mb"]),
-                   spike_rate=json.dumps([round(float(x), 6) for x in b["spike_rate_per_layer"]]),
-                   dropped_spikes=float(np.sum(b["dropped_spikes"])))
+        row.update(_bench_columns(rec, row))
     return row
+
+
+def _train_columns(rec: dict[str, Any]) -> dict[str, Any]:
+    a, m, t = rec["attrs"], rec["metrics"], rec["timing"]
+    dropped = int(np.sum(m["dropped_spikes"][-1]))
+    # dropped_spikes sums the epoch's training steps over batch and time; the epoch covered every
+    # training sample once, which the data report counts (validation samples already taken out)
+    samples, time_steps = _train_split_size(a)
+    time_steps = time_steps or rec["config"]["data"]["time_steps"]
+    return dict(epochs=len(m["epoch"]), final_test_accuracy=float(m["test_accuracy"][-1]),
+                final_test_loss=float(m["test_loss"][-1]), final_train_loss=float(m["train_loss"][-1]),
+                best_test_accuracy=float(a["best_test_accuracy"]) if "best_test_accuracy" in a else "",
+                best_epoch=int(a["best_epoch"]) if "best_epoch" in a else "",
+                spike_rate=json.dumps([round(float(x), 6) for x in m["spike_rate"][-1]]),
+                dropped_spikes=dropped,
+                dropped_per_step=dropped / (samples * time_steps) if samples else "",
+                synops=float(np.sum(m["synops"][-1])) if "synops" in m else "",  # older files lack it
+                step_ms_median=float(np.median(t["step_seconds"]) * 1e3) if len(t["step_seconds"]) else "",
+                compile_s=float(t["compile_seconds"]),
+                sizes=json.dumps([int(x) for x in a.get("sizes", [])]))
+
+
+def _bench_columns(rec: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    b = rec["bench"]
+    dropped = float(np.sum(b["dropped_spikes"]))  # per training step: summed over its batch and time steps
+    batch, time_steps = b.get("batch_size", row["batch_size"]), b.get("time_steps", row["time_steps"])
+    return dict(implementation=b["implementation"], network=b["network"],
+                sizes=json.dumps([int(x) for x in b["sizes"]]),
+                max_activity=float(b["max_activity"]), step_ms_median=float(b["step_ms_median"]),
+                forward_ms_median=float(b["forward_ms_median"]), compile_s=float(b["compile_s"]),
+                peak_rss_mb=float(b["peak_rss_mb"]),
+                spike_rate=json.dumps([round(float(x), 6) for x in b["spike_rate_per_layer"]]),
+                dropped_spikes=dropped,
+                dropped_per_step=dropped / (batch * time_steps) if _is_count(batch) and _is_count(time_steps) else "",
+                synops=_bench_synops(b))
+
+
+def _bench_synops(b: dict[str, Any]) -> float | str:
+    """Total SynOps per sample of a bench record; "" for records made before bench counted them.
+
+    The schema does not check these newer keys, so an unusable value empties the cell
+    instead of losing the whole record.
+    """
+    try:
+        total = float(b["synops_total"]) if "synops_total" in b else float(np.sum(b["synops_per_sample"]))
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return total if np.isfinite(total) and total >= 0 else ""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_count(value) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _train_split_size(attrs: dict[str, Any]) -> tuple[int | None, int | None]:
+    """Samples and time steps of the training split from the run's data report; None where not recorded."""
+    try:
+        report = json.loads(attrs.get("data_report_json", "{}")).get("train", {})
+        samples, steps = report.get("samples"), report.get("time_steps")
+    except (ValueError, TypeError, AttributeError):  # a report of another shape: leave the column empty
+        return None, None
+    return (samples if _is_count(samples) else None), (steps if _is_count(steps) else None)
 
 
 def _first_line(err: BaseException) -> str:
@@ -319,7 +377,7 @@ def _read_table(path: Path, f) -> tuple[list[dict[str, Any]], list[dict[str, Any
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"{path}: the table has no valid 'rows' attribute; collect it again")
     n = int(n)
-    missing = [c for c in COLUMNS if c not in f["table"]]
+    missing = [c for c in COLUMNS if c not in f["table"] and c not in LATER_COLUMNS]
     if missing:
         raise ValueError(f"{path}: the table lacks column(s) {', '.join(missing)}; collect it again")
     cols = {k: f["table"][k][()] for k in f["table"]}
@@ -328,7 +386,7 @@ def _read_table(path: Path, f) -> tuple[list[dict[str, Any]], list[dict[str, Any
         raise ValueError(f"{path}: column(s) {', '.join(short)} do not have {n} rows; collect it again")
     rows = []
     for i in range(n):
-        row = {}
+        row = {c: "" for c in LATER_COLUMNS}  # absent from tables collected before they existed
         for k, v in cols.items():
             x = v[i]
             row[k] = x.decode() if isinstance(x, bytes) else (float(x) if isinstance(x, np.floating) else x)
