@@ -58,7 +58,8 @@ def collect(folder, table):
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Folder for the PNG plots and summary.md.")
 def report(table, out_dir):
-    """Plots (speed-up vs activity, accuracy/loss, spike rates, raster) and a Markdown summary.
+    """Plots (speed-up vs activity, accuracy/loss, spike rates, raster, accuracy vs capacity and vs SynOps) and a
+    Markdown summary (with, for training runs, accuracy across implementations: mean ± sd over seeds, gap to dense).
 
     TABLE is the .h5 table written by `snn-runner collect FOLDER -o TABLE.h5`.
     """

@@ -263,6 +263,11 @@ def _check_bench(f, attrs: dict, found: list[str]) -> None:
             found.append(f"missing '/bench' attribute '{key}'")
         else:
             found += [f"'/bench' attribute {p}" for p in _real_vector(b[key], key, layers)]
+    # SynOps came later: optional, but checked when present
+    if "synops_per_sample" in b:
+        found += [f"'/bench' attribute {p}" for p in _real_vector(b["synops_per_sample"], "synops_per_sample", layers)]
+    if "synops_total" in b and (not _is_real(b["synops_total"]) or float(b["synops_total"]) < 0):
+        found.append("'/bench' attribute 'synops_total' must be a finite number >= 0")
 
 
 def _plain(value):
