@@ -41,6 +41,14 @@ constexpr int64_t kBwdGBytes = SNN_BWD_G_BYTES;
 constexpr int64_t kLinearSlots = 24;
 // Upper bound on ds partial buffers in the backward pass (one per tile group).
 constexpr int kMaxGroups = 16;
+#ifndef SNN_BWD_PLAN_UNITS
+#define SNN_BWD_PLAN_UNITS 8
+#endif
+// The backward pass is planned for this many parallel units per layer (tiles,
+// or tiles x sample ranges for narrow layers), whatever the pool's size: the
+// plan fixes the order of every floating-point sum (dW over sample ranges, ds
+// over tile groups), so a fixed plan gives the same bits on 1 thread or 64.
+constexpr int64_t kPlanUnits = SNN_BWD_PLAN_UNITS;
 
 // One presynaptic event of a sample block, bucketed by presynaptic neuron:
 // the gI row it pairs with, whether it was transmitted (adds to dWt) and
@@ -304,20 +312,21 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
   for (int l = 0; l < N; ++l) {
     const BwdLayer& L = layers[l];
     BwdPlan& p = plans[l];
-    // A tile count that divides evenly keeps all cores busy to the end.
+    // A tile count that divides evenly by the plan's units keeps 1, 2, 4 or 8
+    // cores busy to the end.
     if (l == 0) {
-      p.tiling = MakeTiling(L.n_out, L.n_in * sizeof(float), kBwdTile0Bytes, kLanes, nthreads,
-                             nthreads);
+      p.tiling = MakeTiling(L.n_out, L.n_in * sizeof(float), kBwdTile0Bytes, kLanes, kPlanUnits,
+                             kPlanUnits);
     } else {
-      p.tiling = MakeTiling(L.n_out, L.n_in * sizeof(float) * 2, kBwdTileBytes, kLanes, nthreads,
-                             nthreads);
+      p.tiling = MakeTiling(L.n_out, L.n_in * sizeof(float) * 2, kBwdTileBytes, kLanes, kPlanUnits,
+                             kPlanUnits);
     }
     p.S = std::max<int64_t>(1, std::min(B, kBwdGBytes / (T * p.tiling.pad * 4)));
-    // Layers too narrow to give every thread a tile are also split into
+    // Layers too narrow to give every unit a tile are also split into
     // ranges of sample blocks; those ranges need their own gradient copies.
     p.nsb = 1;
-    if (p.tiling.ntiles < nthreads) {
-      p.nsb = std::min(B, CeilDiv(nthreads, p.tiling.ntiles));
+    if (p.tiling.ntiles < kPlanUnits) {
+      p.nsb = std::min(B, CeilDiv(kPlanUnits, p.tiling.ntiles));
       p.S = std::min(p.S, CeilDiv(B, p.nsb));
     }
     p.nblk = CeilDiv(B, p.S);

@@ -296,6 +296,8 @@ class BenchConfig:
     hidden: tuple = (0,)  # hidden sizes replacing the preset's; (0,) keeps the preset
     steps: int = 5
     warmup: int = 1
+    time_steps: int = 0  # replaces the preset's T; 0 keeps it
+    threads: int = 0  # threads of TensorFlow's op pool (the kernels' threads); 0: one per core
 
     def validate(self) -> "BenchConfig":
         if self.network not in BENCH_NETWORKS:
@@ -304,6 +306,10 @@ class BenchConfig:
             _fail("bench.hidden", list(self.hidden), "positive layer sizes")
         _check_min("bench.steps", self.steps, 5)
         _check_min("bench.warmup", self.warmup, 0)
+        _check_min("bench.time_steps", self.time_steps, 0)
+        if self.time_steps == 1:
+            _fail("bench.time_steps", self.time_steps, "0 (the preset's) or at least 2")
+        _check_min("bench.threads", self.threads, 0)
         return self
 
     @property
@@ -318,7 +324,7 @@ class BenchConfig:
         sizes = self.sizes
         model = dataclasses.replace(cfg.model, hidden=sizes[1:-1], weight_scale=net.weight_scale)
         data = dataclasses.replace(cfg.data, dataset="random", channels=sizes[0], classes=sizes[-1],
-                                   time_steps=net.time_steps, input_capacity=net.input_events)
+                                   time_steps=self.time_steps or net.time_steps, input_capacity=net.input_events)
         train = dataclasses.replace(cfg.train, batch_size=net.batch_size)
         return RunConfig(model, data, train).validate()
 

@@ -18,7 +18,7 @@ from snn_runner.config import RunConfig
 from snn_runner.files import checkpoint_for
 from snn_runner.files.lock import check_writable, run_lock
 from snn_runner.jobs import Job, Task
-from snn_runner.runner.budget import check_memory
+from snn_runner.runner.budget import ResourceError, check_memory
 from snn_runner.results.schema import is_complete
 
 SKIPPED = "skipped"
@@ -130,7 +130,14 @@ def run_bench_tasks(job: Job, tasks: list[Task], output_dir: Path | None = None,
             continue
         check_writable(path.parent)
         cfg = resolve(task.config)
-        check_memory(cfg)
+        try:
+            check_memory(cfg)
+        except ResourceError as err:
+            if len(tasks) == 1:
+                raise
+            # a sweep over sizes goes on without the case that cannot fit (dense at the widest, usually)
+            log(f"task {task.index} ({task.task_id}) {cfg.model.implementation}: left out: {err}")
+            continue
         with run_lock(path, log=log):
             rec = run_case_isolated(cfg, task.bench)
             attrs = {**task_attrs(job, task), "implementation": cfg.model.implementation,

@@ -57,6 +57,11 @@ class StopAfter:
     ("train", {"patience": 2}, "train.patience"),  # no validation split
     ("model", {"threshold2_start": 1.5}, "model.threshold2_start"),
     ("model", {"threshold2_epochs": -1}, "model.threshold2_epochs"),
+    ("model", {"readout": "membrane"}, "model.readout"),
+    ("train", {"capacity_strength": -1.0}, "train.capacity_strength"),
+    ("train", {"capacity_strength": math.inf}, "train.capacity_strength"),
+    ("train", {"capacity_target": 0.0}, "train.capacity_target"),
+    ("train", {"capacity_target": 1.5}, "train.capacity_target"),
 ])
 def test_new_keys_are_validated(section, changes, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -74,8 +79,9 @@ def test_new_keys_load_from_job_text_and_leave_old_identities_alone():
     with pytest.raises(ConfigError, match=r"train: unknown key 'warmup'; did you mean 'warmup_epochs'"):
         RunConfig.from_dict({"train": {"warmup": 1}})
     plain = RunConfig().identity()  # keys at their defaults are not part of the identity (task ids unchanged)
-    for section, keys in (("model", ("threshold2_start", "threshold2_epochs")),
-                          ("train", ("weight_decay", "clip_norm", "schedule", "warmup_epochs", "lr_min", "patience"))):
+    for section, keys in (("model", ("threshold2_start", "threshold2_epochs", "readout")),
+                          ("train", ("weight_decay", "clip_norm", "schedule", "warmup_epochs", "lr_min", "patience",
+                                     "capacity_strength", "capacity_target"))):
         assert not set(keys) & set(plain[section])
         assert set(keys) <= set(RunConfig().to_dict()[section])  # but recorded
 
@@ -180,3 +186,22 @@ def test_patience_stops_early_records_the_best_epoch_and_anneals_theta2(tmp_path
         np.testing.assert_allclose(f["model_best/threshold2/layer1"][()], 0.3)  # the best epoch's
         assert np.all(np.isneginf(f["model/threshold2/layer2"][()]))
     assert json.loads(rec["attrs"]["config_json"])["train"]["patience"] == 2
+
+
+@pytest.mark.parametrize("key, value", [("train.rate_strength", 1.0), ("train.capacity_strength", 1.0),
+                                        ("model.readout", "membrane_mean")])
+def test_value_gradient_losses_with_sparse_layer_are_refused_on_the_ipu(key, value):
+    section, name = key.split(".")
+    cfg = tiny().replace("model", implementation="sparse_layer")
+    cfg = cfg.replace(section, **{name: value})
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*not available on the IPU backend"):
+        cfg.replace("train", backend="ipu")
+
+
+@pytest.mark.parametrize("changes, key", [({"time_steps": 1}, "bench.time_steps"), ({"threads": -1}, "bench.threads"),
+                                          ({"time_steps": -5}, "bench.time_steps")])
+def test_bench_keys_are_validated(changes, key):
+    from snn_runner.config import BenchConfig
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        BenchConfig(**changes).validate()

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from snn_runner.bench.roofline import calibrate, step_work
 from snn_runner.config import BenchConfig, RunConfig
 
 
@@ -35,6 +36,13 @@ class CaseResult:
     # [0] input events x n_1, [l] spikes of hidden layer l x n_{l+1} (the readout's reach no synapse)
     synops_per_sample: list[float]
     synops_total: float
+    threads: int = 0  # threads of the op pool the case ran with
+    # the step's unavoidable work (snn_runner.bench.roofline; sparse cases only, else 0)
+    row_ops: float = 0.0
+    neuron_updates: float = 0.0
+    achieved_gops: float = 0.0  # (row_ops + neuron_updates) / step time, 1e9/s
+    peak_gops: float = 0.0  # the calibration op's gather-add rate in the same process, 1e9/s
+    roofline_fraction: float = 0.0  # achieved_gops / peak_gops
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +63,7 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
     from snn_runner.model.steps import Steps
 
     cfg.validate()
+    threads = set_pool_threads(bench.threads)
     backend = get_backend(cfg.train.backend)
     data = random_events(cfg.data, cfg.train.batch_size)
     spec = NetworkSpec.from_config(cfg.model, data.channels, data.classes, data.capacity)
@@ -88,6 +97,15 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
         forward_ms.append(1e3 * (time.perf_counter() - t0))
     neurons = np.asarray(spec.sizes[1:], np.float64)
     rate = spikes / (bench.steps * len(labels) * data.time_steps * neurons)
+    work = {"row_ops": 0.0, "neuron_updates": 0.0, "total": 0.0}
+    if cfg.model.implementation != "dense" and cfg.train.backend == "cpu":
+        # the sparse implementations select the same slots, so the fused model counts them for both
+        slots = build_model("sparse_layer", spec, params, backend).slot_fill(ids, count).numpy()
+        events = np.concatenate([[float(np.sum(count))], spikes[:-1] / bench.steps])
+        work = step_work(spec.sizes, data.time_steps, len(labels), events, slots)
+    achieved = work["total"] / (statistics.median(step_ms) * 1e-3) / 1e9
+    # the machine's rate, measured with the same pool right after the case's own steps
+    peak = calibrate()["gops"] if work["total"] else 0.0
     synops = synops_from_spikes(np.sum(count) / len(labels), spikes / (bench.steps * len(labels)), spec.sizes)
     return CaseResult(
         implementation=cfg.model.implementation,
@@ -109,7 +127,34 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
         mode=step.mode,
         synops_per_sample=[float(x) for x in synops],
         synops_total=float(np.sum(synops)),
+        threads=threads,
+        row_ops=work["row_ops"],
+        neuron_updates=work["neuron_updates"],
+        achieved_gops=achieved,
+        peak_gops=peak,
+        roofline_fraction=achieved / peak if peak else 0.0,
     )
+
+
+def set_pool_threads(threads: int) -> int:
+    """Give TensorFlow's op pool ``threads`` threads (0: leave it at one per core); the count in use.
+
+    It must happen before TensorFlow runs its first op, which is why every
+    bench case runs in a fresh process.
+    """
+    import os
+
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:
+            if tf.config.threading.get_intra_op_parallelism_threads() != threads:
+                raise RuntimeError(f"bench.threads={threads}: TensorFlow has already started in this process "
+                                   "with another pool size; run the case in a fresh process") from None
+        return threads
+    return tf.config.threading.get_intra_op_parallelism_threads() or len(os.sched_getaffinity(0))
 
 
 def synops_from_spikes(input_events: float, spikes, sizes) -> np.ndarray:

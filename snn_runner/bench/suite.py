@@ -17,23 +17,30 @@ from snn_runner.config import BENCH_NETWORKS, BenchConfig, RunConfig
 from snn_runner.files import atomic_text
 
 
-def _child(conn, cfg: RunConfig, bench: BenchConfig) -> None:
+def _child(conn, fn, args) -> None:
     try:
-        conn.send(("ok", measure_case(cfg, bench).to_dict()))
+        conn.send(("ok", fn(*args)))
     except BaseException as exc:  # report any failure to the parent instead of dying silently
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
+def _measure(cfg: RunConfig, bench: BenchConfig) -> dict:
+    return measure_case(cfg, bench).to_dict()
+
+
 def run_case_isolated(cfg: RunConfig, bench: BenchConfig) -> dict:
     """``measure_case`` in a fresh process; its record as a dict."""
+    return _isolated(_measure, (cfg, bench), f"{cfg.model.implementation} at max_activity {cfg.model.max_activity}")
+
+
+def _isolated(fn, args, what: str):
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, cfg, bench))
+    proc = ctx.Process(target=_child, args=(child, fn, args))
     proc.start()
     child.close()
-    what = f"{cfg.model.implementation} at max_activity {cfg.model.max_activity}"
     try:
         status, payload = parent.recv()
     except EOFError:
@@ -56,7 +63,7 @@ def run_suite(bench: BenchConfig, implementations: list[str], activities: list[f
               log: Callable[[str], None]) -> list[dict]:
     """Every implementation at every activity, dense once; implementations must be resolved names."""
     net = BENCH_NETWORKS[bench.network]
-    log(f"bench: {bench.network} {list(bench.sizes)} T={net.time_steps} batch={net.batch_size} "
+    log(f"bench: {bench.network} {list(bench.sizes)} T={bench.time_steps or net.time_steps} batch={net.batch_size} "
         f"input events/step={net.input_events}; {bench.steps} timed steps after {bench.warmup} warm-up")
     dense = None
     records = []
@@ -75,6 +82,17 @@ def run_suite(bench: BenchConfig, implementations: list[str], activities: list[f
             log(_line(rec, dense))
             records.append(rec)
     return records
+
+
+def roofline(rec: dict) -> str:
+    """Work per step, achieved rate and fraction of the calibrated peak; "" where not measured."""
+    if not rec.get("achieved_gops"):
+        return ""
+    text = (f"{format_synops(rec['row_ops'])} row-ops + {format_synops(rec['neuron_updates'])} neuron-updates, "
+            f"{rec['achieved_gops']:.1f} G/s")
+    if rec.get("peak_gops"):
+        text += f" = {100 * rec['roofline_fraction']:.0f}% of {rec['peak_gops']:.1f}"
+    return text
 
 
 def with_speedups(records: list[dict]) -> list[dict]:
@@ -96,7 +114,7 @@ def _line(rec: dict, dense: dict | None) -> str:
     return (f"  {rec['implementation']:<13} act {act:>4}  step {rec['step_ms_median']:8.1f} ms"
             f"  fwd {rec['forward_ms_median']:7.1f} ms{speed}  rate% {rates}  dropped/step {drops}"
             f"  synops/sample {synops(rec) or '-'}  rss {rec['peak_rss_mb']:.0f} MB"
-            f"  compile {rec['compile_s']:.1f} s")
+            f"  compile {rec['compile_s']:.1f} s" + (f"  work {roofline(rec)}" if roofline(rec) else ""))
 
 
 def synops(rec: dict) -> str:
@@ -109,8 +127,9 @@ def synops(rec: dict) -> str:
 
 def format_table(records: list[dict]) -> str:
     head = ("| network | implementation | max_activity | step ms (median) | forward ms | speed-up vs dense (step) "
-            "| spike rate % per layer | dropped/step per layer | SynOps/sample | peak RSS MB |")
-    rows = [head, "|" + "---|" * 10]
+            "| spike rate % per layer | dropped/step per layer | SynOps/sample | peak RSS MB | threads "
+            "| work per step, rate, % of calibrated peak |")
+    rows = [head, "|" + "---|" * 12]
     for r in records:
         speed = r.get("speedup_vs_dense")
         act = "-" if r["implementation"] == "dense" else f"{r['max_activity']:.2f}"  # dense has no capacity
@@ -118,7 +137,8 @@ def format_table(records: list[dict]) -> str:
             f"| {r['sizes']} | {r['implementation']} | {act} | {r['step_ms_median']:.1f} "
             f"| {r['forward_ms_median']:.1f} | {'' if speed is None else f'{speed:.2f}x'} "
             f"| {' / '.join(f'{100 * x:.2f}' for x in r['spike_rate_per_layer'])} "
-            f"| {' / '.join(f'{x:.0f}' for x in r['dropped_spikes'])} | {synops(r)} | {r['peak_rss_mb']:.0f} |")
+            f"| {' / '.join(f'{x:.0f}' for x in r['dropped_spikes'])} | {synops(r)} | {r['peak_rss_mb']:.0f} "
+            f"| {r.get('threads') or ''} | {roofline(r)} |")
     return "\n".join(rows)
 
 

@@ -52,6 +52,10 @@ class SparseLayerModel:
             trains.append(tf.zeros([tf.shape(ids)[0], tf.shape(ids)[1], self.spec.sizes[-1]]))
         return trains
 
+    def slot_fill(self, ids: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+        """[L_spiking] filled slots (spikes and carriers) per layer over the batch and all steps: the work counter of the bench."""
+        return tf.stack([tf.reduce_sum(tf.cast(i >= 0, tf.float32)) for i in self._fused(ids, count).ids])
+
     def _fused(self, ids, count):
         spec, p = self.spec, self.params
         n = spec.spiking_layers

@@ -39,11 +39,13 @@ COLUMNS = (
     "file", "kind", "job_name", "task_index", "task_id", "implementation", "dataset", "network", "sizes",
     "time_steps", "batch_size", "max_activity", "seed", "readout", "epochs", "final_test_accuracy", "final_test_loss",
     "final_train_loss", "best_test_accuracy", "best_epoch", "spike_rate", "dropped_spikes", "dropped_per_step",
-    "synops", "step_ms_median", "forward_ms_median", "compile_s", "peak_rss_mb", "host",
+    "synops", "step_ms_median", "forward_ms_median", "compile_s", "peak_rss_mb", "threads", "achieved_gops",
+    "roofline_fraction", "host",
     "slurm_job_id", "slurm_array_task_id", "git_revision",
 )
 # Columns added after tables were collected: a table without them reads back with "" there.
-LATER_COLUMNS = ("seed", "readout", "best_test_accuracy", "best_epoch", "dropped_per_step", "synops")
+LATER_COLUMNS = ("seed", "readout", "best_test_accuracy", "best_epoch", "dropped_per_step", "synops", "threads",
+                 "achieved_gops", "roofline_fraction")
 DEFAULT_READOUT = "spike_count"  # what every run recorded before model.readout existed
 
 
@@ -105,7 +107,17 @@ def _bench_columns(rec: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
                 spike_rate=json.dumps([round(float(x), 6) for x in b["spike_rate_per_layer"]]),
                 dropped_spikes=dropped,
                 dropped_per_step=dropped / (batch * time_steps) if _is_count(batch) and _is_count(time_steps) else "",
-                synops=_bench_synops(b))
+                synops=_bench_synops(b), **{k: _optional_number(b, k) for k in ("threads", "achieved_gops",
+                                                                                   "roofline_fraction")})
+
+
+def _optional_number(b: dict[str, Any], key: str) -> float | str:
+    """A bench figure added later (threads, roofline): "" when absent, zero (not measured) or unusable."""
+    try:
+        value = float(b[key])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return value if np.isfinite(value) and value > 0 else ""
 
 
 def _bench_synops(b: dict[str, Any]) -> float | str:

@@ -339,6 +339,54 @@ def _synops_plot(rows: list[dict], out: Path) -> Path | None:
     return _save(fig, out / "accuracy_vs_synops.png")
 
 
+def _width(row: dict) -> int:
+    """The widest hidden layer of a row's network."""
+    sizes = json.loads(row["sizes"])
+    return max(sizes[1:-1]) if len(sizes) > 2 else sizes[-1]
+
+
+def _threads(row: dict) -> int | None:
+    value = _number(row.get("threads"))
+    return None if value is None else int(value)
+
+
+# What a scaling sweep varies: (name, value of a bench row, axis label).
+SCALING_AXES = (
+    ("width", _width, "widest hidden layer (neurons)"),
+    ("time_steps", lambda r: int(r["time_steps"]) if _number(r.get("time_steps")) else None, "time steps T"),
+    ("threads", _threads, "op pool threads"),
+)
+
+
+def _scaling_plot(rows: list[dict], out: Path, axis) -> Path | None:
+    """Step time (and peak memory) against one size on log-log axes, dense beside each sparse capacity.
+
+    Drawn when the bench rows vary in that size only; a series is one implementation at one capacity.
+    """
+    name, value_of, label = axis
+    bench = [r for r in rows if r["kind"] == "bench" and value_of(r) is not None]
+    if len({value_of(r) for r in bench}) < 2:
+        return None
+    series = defaultdict(list)
+    for r in bench:
+        key = "dense" if r["implementation"] == "dense" else f"{r['implementation']} {float(r['max_activity']):g}"
+        series[key].append((value_of(r), float(r["step_ms_median"]), float(r["peak_rss_mb"])))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (key, points) in enumerate(sorted(series.items())):
+        points.sort()
+        style = "s--" if key == "dense" else "o-"
+        xs = [p[0] for p in points]
+        ax1.plot(xs, [p[1] for p in points], style, color=f"C{i % 10}", label=key)
+        ax2.plot(xs, [p[2] for p in points], style, color=f"C{i % 10}", label=key)
+    ax1.set(ylabel="training step (ms, median)", title=f"Step time vs {name}")
+    ax2.set(ylabel="peak RSS (MB)", title=f"Peak memory vs {name}")
+    for ax in (ax1, ax2):
+        ax.set(xscale="log", yscale="log", xlabel=label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return _save(fig, out / f"scaling_{name}.png")
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -401,7 +449,8 @@ def report(table: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     rows, runs = read_table(table)
     out.mkdir(exist_ok=True)
     images = [p for p in (_bench_plot(rows, out), _curves_plot(rows, runs, out), _rates_plot(rows, runs, out),
-                          _raster_plot(rows, runs, out), _capacity_plot(rows, out), _synops_plot(rows, out))
+                          _raster_plot(rows, runs, out), _capacity_plot(rows, out), _synops_plot(rows, out),
+                          *(_scaling_plot(rows, out, axis) for axis in SCALING_AXES))
               if p is not None]
     summary = out / "summary.md"
     atomic_text(summary, _markdown(rows, images))
