@@ -32,6 +32,11 @@ class Backend(Protocol):
     def select_spikes(self, u, threshold, threshold2, capacity: int, beta: float):
         """``(SparseSpikes [B, K], dropped [B])`` selected from membranes ``u [B, n]``."""
 
+    def lif_sequence(self, current, alpha, threshold, threshold2, capacity: int, input_scale: float = 10.0,
+                     beta: float = 10.0):
+        """One layer's reset, integrate, fire and selection over all steps of time-major currents ``[T, B, n]``:
+        ``(SparseSpikes [T, B, K], dropped [T, B])``."""
+
     def sparse_lif_layer(self, ids, count, weights: Sequence, alpha: Sequence, threshold: Sequence,
                          threshold2: Sequence, capacities: Sequence[int], input_scale: float, beta: float):
         """The fused network over all time steps; returns a ``snn_runner.sparse.fused.FusedOutput``."""

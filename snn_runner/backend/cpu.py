@@ -22,6 +22,9 @@ class CpuBackend:
     def select_spikes(self, u, threshold, threshold2, capacity: int, beta: float):
         return ops.select_spikes(u, threshold, threshold2, capacity, beta)
 
+    def lif_sequence(self, current, alpha, threshold, threshold2, capacity: int, input_scale: float, beta: float):
+        return ops.lif_sequence(current, alpha, threshold, threshold2, capacity, input_scale, beta)
+
     def sparse_lif_layer(self, ids, count, weights, alpha, threshold, threshold2, capacities, input_scale, beta):
         return fused.sparse_lif_layer(ids, count, weights, alpha, threshold, threshold2, capacities,
                                       input_scale=input_scale, beta=beta)

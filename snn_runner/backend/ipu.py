@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from snn_runner.ipu.backend import IpuRuntime
 from snn_runner.ipu.planner import IpuTarget, plan_layer, plan_network
+from snn_runner.neuron.lif import membrane_sequence
 from snn_runner.sparse.fused import FusedLayout, check_inputs, fused_output
 from snn_runner.sparse.spikes import SparseSpikes
 
@@ -98,6 +99,17 @@ class IpuBackend:
             attributes, inputs_with_gradients=[0], name="SnnSelectSpikes",
         )
         return SparseSpikes(ids=ids, count=count, values=values), dropped
+
+    def lif_sequence(self, current, alpha, threshold, threshold2, capacity: int, input_scale: float, beta: float):
+        # No Poplar op runs the LIF sequence: the recursion stays plain TensorFlow (compiled by XLA
+        # with the step) and the Poplar select op selects all T*B rows at once.
+        steps, batch, n = _static(current.shape, "current")
+        u = membrane_sequence(current, alpha, threshold, input_scale)
+        selected, dropped = self.select_spikes(tf.reshape(u, [-1, n]), threshold, threshold2, capacity, beta)
+        return (SparseSpikes(ids=tf.reshape(selected.ids, [steps, batch, capacity]),
+                             count=tf.reshape(selected.count, [steps, batch]),
+                             values=tf.reshape(selected.values, [steps, batch, capacity])),
+                tf.reshape(dropped, [steps, batch]))
 
     def sparse_lif_layer(self, ids, count, weights, alpha, threshold, threshold2, capacities, input_scale, beta):
         inputs, caps = check_inputs(ids, count, weights, alpha, threshold, threshold2, capacities)

@@ -1,8 +1,9 @@
 """The `sparse_ops` implementation: the network built from small custom ops.
 
-Each layer is one sparse binary matmul (input spikes -> currents), the shared
-reset-and-integrate recursion, and one two-threshold spike selection; every
-op has its own registered gradient, and TensorFlow's autodiff composes BPTT.
+Each layer is one sparse binary matmul (input spikes -> currents) and one LIF
+sequence op (the reset-and-integrate recursion over all T steps followed by the
+two-threshold spike selection); every op has its own registered gradient, and
+TensorFlow's autodiff composes BPTT.
 The ops come from the backend (compiled TensorFlow ops on the CPU, Poplar
 ops on the IPU). Thanks to the one-step delay between layers, each op runs once per layer on
 all T steps at once (rows = T*B) instead of once per step.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from snn_runner.model.network import ModelOutput, NetworkSpec, Parameters
-from snn_runner.neuron.lif import leaky_readout, membrane_sequence
+from snn_runner.neuron.lif import leaky_readout
 from snn_runner.sparse.spikes import SparseSpikes, frames_from_sparse
 
 
@@ -36,12 +37,6 @@ def _flatten(spikes: SparseSpikes) -> SparseSpikes:
     k = spikes.ids.shape[-1]
     return SparseSpikes(tf.reshape(spikes.ids, [-1, k]), tf.reshape(spikes.count, [-1]),
                         tf.reshape(spikes.values, [-1, k]))
-
-
-def _unflatten(spikes: SparseSpikes, steps: int, batch) -> SparseSpikes:
-    k = spikes.ids.shape[-1]
-    return SparseSpikes(tf.reshape(spikes.ids, [steps, batch, k]), tf.reshape(spikes.count, [steps, batch]),
-                        tf.reshape(spikes.values, [steps, batch, k]))
 
 
 def membrane_readout(spec: NetworkSpec, params: Parameters, ops, spikes: SparseSpikes) -> tf.Tensor:
@@ -79,7 +74,7 @@ class SparseOpsModel:
     def __init__(self, spec: NetworkSpec, params: Parameters, backend):
         self.spec = spec
         self.params = params
-        self.backend = backend  # supplies sparse_binary_matmul and select_spikes
+        self.backend = backend  # supplies sparse_binary_matmul and lif_sequence
 
     def __call__(self, ids: tf.Tensor, count: tf.Tensor) -> ModelOutput:
         return self._forward(ids, count)[0]
@@ -102,18 +97,16 @@ class SparseOpsModel:
                 spikes = delay_one_step(spikes)
             n = spec.sizes[l + 1]
             current = tf.reshape(ops.sparse_binary_matmul(p.weights[l], _flatten(spikes)), [steps, batch, n])
-            u = membrane_sequence(current, p.alpha[l], p.threshold[l], lif.input_scale)
-            selected, lost = ops.select_spikes(
-                tf.reshape(u, [-1, n]), p.threshold[l], p.threshold2[l], spec.capacities[l], lif.beta
-            )
-            spikes = _unflatten(selected, steps, batch)
+            # time-major [T, B, K] spikes and [T, B] dropped
+            spikes, lost = ops.lif_sequence(current, p.alpha[l], p.threshold[l], p.threshold2[l],
+                                            spec.capacities[l], lif.input_scale, lif.beta)
             layers.append(spikes)
             # summing values (1 per spike) keeps the count differentiable for rate regularisation
-            totals.append(tf.reduce_sum(selected.values))
+            totals.append(tf.reduce_sum(spikes.values))
             dropped.append(tf.reduce_sum(lost))
             if l < spec.layers - 1:
-                per_step.append(tf.transpose(tf.reshape(tf.reduce_sum(selected.values, axis=1), [steps, batch])))
-                dropped_per_step.append(tf.transpose(tf.reshape(tf.cast(lost, tf.float32), [steps, batch])))
+                per_step.append(tf.transpose(tf.reduce_sum(spikes.values, axis=2)))
+                dropped_per_step.append(tf.transpose(tf.cast(lost, tf.float32)))
         if spec.membrane_readout:  # a leaky integrator that never fires
             logits = membrane_readout(spec, p, ops, delay_one_step(spikes))
             totals.append(tf.constant(0.0))

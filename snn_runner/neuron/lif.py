@@ -8,9 +8,11 @@ With a membrane readout the output layer is a leaky integrator instead: the
 same integrate step with no reset and no firing, whose logits are its
 membrane's maximum or mean over time (``leaky_readout``).
 The network implementations differ only in how I is computed and how spikes
-are represented; ``dense`` and ``sparse_ops`` both run ``membrane_sequence``
-(firing is ``make_spike_fn`` in dense and the spike-selection op in
-sparse_ops), and the fused op implements the same equations in C++.
+are represented; ``dense`` runs ``membrane_sequence`` and ``make_spike_fn``,
+``sparse_ops`` the compiled per-layer op ``SnnLifSequence`` on the CPU (the
+same arithmetic in the same order, then the two-threshold selection; on the
+IPU ``membrane_sequence`` plus the Poplar selection), and the fused op
+implements the same equations in C++.
 """
 
 from __future__ import annotations

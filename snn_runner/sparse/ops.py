@@ -15,7 +15,7 @@ import tensorflow as tf
 from snn_runner.sparse import library
 from snn_runner.sparse.spikes import SparseSpikes
 
-__all__ = ["SparseSpikes", "select_spikes", "sparse_binary_matmul"]
+__all__ = ["SparseSpikes", "lif_sequence", "select_spikes", "sparse_binary_matmul"]
 
 
 def _tensor(x, name: str, dtype: tf.DType, rank: int) -> tf.Tensor:
@@ -35,6 +35,41 @@ def _tensor(x, name: str, dtype: tf.DType, rank: int) -> tf.Tensor:
 def _same_dim(a, b, what: str) -> None:
     if a is not None and b is not None and a != b:
         raise ValueError(f"shape mismatch: {what} ({a} vs {b})")
+
+
+def _capacity(capacity) -> int:
+    if isinstance(capacity, bool):
+        raise TypeError("capacity must be an int, got bool")
+    try:
+        capacity = operator.index(capacity)
+    except TypeError:
+        raise TypeError(f"capacity must be an int, got {type(capacity).__name__}") from None
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    return capacity
+
+
+def _finite(x, name: str, minimum: float | None = None) -> float:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a float, got {type(x).__name__}") from None
+    if not math.isfinite(x) or (minimum is not None and x < minimum):
+        raise ValueError(f"{name} must be finite{'' if minimum is None else f' and >= {minimum:g}'}, got {x}")
+    return x
+
+
+def _beta(beta) -> float:
+    return _finite(beta, "beta", 0.0)
+
+
+def _neurons(n, source: str, **vectors: tf.Tensor):
+    """n as given by ``source`` (may be None), checked against each vector's static length."""
+    for name, v in vectors.items():
+        if v.shape.rank is not None:
+            _same_dim(v.shape[0], n, f"{name} length and n = {source}")
+            n = n if n is not None else v.shape[0]
+    return n
 
 
 def sparse_binary_matmul(weights, spikes: SparseSpikes, name: str | None = None) -> tf.Tensor:
@@ -94,36 +129,67 @@ def select_spikes(
       ``[B]``. Differentiable w.r.t. ``u`` through ``values`` (no gradient
       flows to the thresholds).
     """
-    if isinstance(capacity, bool):
-        raise TypeError("capacity must be an int, got bool")
-    try:
-        capacity = operator.index(capacity)
-    except TypeError:
-        raise TypeError(f"capacity must be an int, got {type(capacity).__name__}") from None
-    if capacity < 1:
-        raise ValueError(f"capacity must be >= 1, got {capacity}")
-    try:
-        beta = float(beta)
-    except (TypeError, ValueError):
-        raise TypeError(f"beta must be a float, got {type(beta).__name__}") from None
-    if not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be finite and >= 0, got {beta}")
-
+    capacity, beta = _capacity(capacity), _beta(beta)
     u = _tensor(u, "u", tf.float32, 2)
     threshold = _tensor(threshold, "threshold", tf.float32, 1)
     threshold2 = _tensor(threshold2, "threshold2", tf.float32, 1)
     n = u.shape[1] if u.shape.rank is not None else None
-    if threshold.shape.rank is not None:
-        _same_dim(threshold.shape[0], n, "threshold length and n = u.shape[1]")
-        n = n if n is not None else threshold.shape[0]
-    if threshold2.shape.rank is not None:
-        _same_dim(threshold2.shape[0], n, "threshold2 length and n = u.shape[1]")
-        n = n if n is not None else threshold2.shape[0]
+    n = _neurons(n, "u.shape[1]", threshold=threshold, threshold2=threshold2)
     if n is not None and capacity > n:
         raise ValueError(f"capacity K={capacity} exceeds the number of neurons n={n}")
 
     ids, count, dropped, values = library.load().snn_select_spikes(
         u, threshold, threshold2, capacity=capacity, beta=beta, name=name
+    )
+    return SparseSpikes(ids=ids, count=count, values=values), dropped
+
+
+def lif_sequence(
+    current,
+    alpha,
+    threshold,
+    threshold2,
+    capacity: int,
+    input_scale: float = 10.0,
+    beta: float = 10.0,
+    name: str | None = None,
+) -> tuple[SparseSpikes, tf.Tensor]:
+    """The LIF dynamics of one layer over all T steps, with spike selection, as one op.
+
+    From ``u = 0``, at every step ``t`` the neurons with ``u >= threshold``
+    are reset to 0, then ``u <- alpha * u + (1 - alpha) * input_scale *
+    current[t]``; each step's membranes are then selected into K slots
+    exactly as ``select_spikes`` does. Equal (bit for bit in the forward) to
+    ``select_spikes(membrane_sequence(current, alpha, threshold,
+    input_scale))`` on the ``[T*B, n]`` rows.
+
+    Args:
+      current: float32 ``[T, B, n]`` input current, time-major.
+      alpha, threshold: float32 ``[n]``.
+      threshold2: float32 ``[n]`` carrier threshold (may be -inf).
+      capacity: K, ``1 <= K <= n``.
+      input_scale: c.
+      beta: sharpness of the SuperSpike surrogate used by the gradient.
+
+    Returns:
+      ``(SparseSpikes(ids, count, values), dropped)``: ids and values
+      ``[T, B, K]``, count and dropped int32 ``[T, B]``. Differentiable w.r.t.
+      ``current`` through ``values`` (the reset carries no gradient, and none
+      flows to alpha or the thresholds).
+    """
+    capacity, beta = _capacity(capacity), _beta(beta)
+    input_scale = _finite(input_scale, "input_scale")
+    current = _tensor(current, "current", tf.float32, 3)
+    alpha = _tensor(alpha, "alpha", tf.float32, 1)
+    threshold = _tensor(threshold, "threshold", tf.float32, 1)
+    threshold2 = _tensor(threshold2, "threshold2", tf.float32, 1)
+    n = current.shape[2] if current.shape.rank is not None else None
+    n = _neurons(n, "current.shape[2]", alpha=alpha, threshold=threshold, threshold2=threshold2)
+    if n is not None and capacity > n:
+        raise ValueError(f"capacity K={capacity} exceeds the number of neurons n={n}")
+
+    ids, count, dropped, values, _ = library.load().snn_lif_sequence(
+        current, alpha, threshold, threshold2, capacity=capacity, input_scale=input_scale, beta=beta, name=name
     )
     return SparseSpikes(ids=ids, count=count, values=values), dropped
 
@@ -148,3 +214,16 @@ def _select_spikes_grad(op, grad_ids, grad_count, grad_dropped, grad_values):
         u, threshold, op.outputs[0], grad_values, beta=op.get_attr("beta")
     )
     return [grad_u, None, None]
+
+
+@tf.RegisterGradient("SnnLifSequence")
+def _lif_sequence_grad(op, grad_ids, grad_count, grad_dropped, grad_values, grad_surrogate):
+    # values carries the gradient; the surrogate is a record for this function, not a result
+    del grad_ids, grad_count, grad_dropped, grad_surrogate
+    if grad_values is None:
+        return [None, None, None, None]
+    alpha = op.inputs[1]
+    grad_current = library.load().snn_lif_sequence_grad(
+        alpha, op.outputs[0], op.outputs[4], grad_values, input_scale=op.get_attr("input_scale")
+    )
+    return [grad_current, None, None, None]
