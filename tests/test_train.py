@@ -88,7 +88,7 @@ def test_rate_regularisation_works_with_sparse_layer(tmp_path, easy_config):
         pytest.skip("compiled ops not built (run scripts/build-ops)")
     base = easy_config.replace("model", implementation="sparse_layer", max_activity=1.0)
     plain = train(base, tmp_path / "plain.h5", log=lambda _: None)
-    capped = train(base.replace("train", rate_high=0.005, rate_strength=100.0), tmp_path / "capped.h5",
+    capped = train(base.replace("train", rate_high=0.005, rate_strength=3000.0), tmp_path / "capped.h5",
                    log=lambda _: None)
     rate_plain = read_result(plain.path)["metrics"]["spike_rate"][-1]
     rate_capped = read_result(capped.path)["metrics"]["spike_rate"][-1]

@@ -60,6 +60,7 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
     from snn_runner.backend import get_backend
     from snn_runner.data.random_events import random_events
     from snn_runner.model import NetworkSpec, Parameters, build_model
+    from snn_runner.model.optimizers import FusedAdam
     from snn_runner.model.steps import Steps
 
     cfg.validate()
@@ -70,7 +71,8 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
     with backend.scope():
         params = Parameters(spec, cfg.train.seed)
         model = build_model(cfg.model.implementation, spec, params, backend)
-        optimizer = keras.optimizers.Adam(1e-3)
+        # training's optimizer: on the CPU Adam with the fused update (snn_runner.model.optimizers)
+        optimizer = FusedAdam(1e-3) if cfg.train.backend == "cpu" else keras.optimizers.Adam(1e-3)
     step = Steps(model, params, optimizer, data.time_steps, data.capacity, None, backend)
     ids, count, labels = data.ids, data.count, data.labels
 

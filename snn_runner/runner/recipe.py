@@ -88,7 +88,13 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     import keras
 
     kwargs = {"weight_decay": cfg.weight_decay} if cfg.weight_decay > 0 else {}
-    return getattr(keras.optimizers, OPTIMIZERS[cfg.optimizer])(make_schedule(cfg, steps_per_epoch), **kwargs)
+    cls = getattr(keras.optimizers, OPTIMIZERS[cfg.optimizer])
+    if cfg.backend == "cpu" and cfg.optimizer in ("adam", "adamw"):
+        from snn_runner.model.optimizers import FusedAdam, FusedAdamW
+
+        # the same update in one kernel per variable (the IPU compiles Keras's own ops)
+        cls = FusedAdam if cfg.optimizer == "adam" else FusedAdamW
+    return cls(make_schedule(cfg, steps_per_epoch), **kwargs)
 
 
 def threshold2_fraction_at(cfg: ModelConfig, epoch: int) -> float:
