@@ -150,21 +150,12 @@ class LifSequenceOp : public OpKernel {
     // cf [n], and either a membrane row per sample (whole rows) or one row
     // of zeros, the membrane before step 0 (blocks).
     const int64_t state = whole_rows ? B * n : n;
-    auto carve = [&](Arena& a, float** cf, float** u) {
-      *cf = a.Take<float>(n);
-      *u = a.Take<float>(state);
-    };
     Scratch scratch;
     float *cf, *u0;
-    OP_REQUIRES_OK(ctx, scratch.Allocate(ctx, ArenaBytes([&](Arena& a) {
-                                           float *x, *y;
-                                           carve(a, &x, &y);
-                                         }),
-                                         0, 0));
-    {
-      Arena arena(scratch.Shared());
-      carve(arena, &cf, &u0);
-    }
+    OP_REQUIRES_OK(ctx, scratch.AllocateShared(ctx, [&](Arena& a) {
+      cf = a.Take<float>(n);
+      u0 = a.Take<float>(state);
+    }));
 
     struct {
       const float* in;
@@ -300,21 +291,12 @@ class LifSequenceGradOp : public OpKernel {
     const int64_t nblocks = CeilDiv(n, width);
 
     // cf [n] and delta [B, n] (each unit owns its slice).
-    auto carve = [&](Arena& a, float** cf, float** delta) {
-      *cf = a.Take<float>(n);
-      *delta = a.Take<float>(B * n);
-    };
     Scratch scratch;
     float *cf, *delta;
-    OP_REQUIRES_OK(ctx, scratch.Allocate(ctx, ArenaBytes([&](Arena& a) {
-                                           float *x, *y;
-                                           carve(a, &x, &y);
-                                         }),
-                                         0, 0));
-    {
-      Arena arena(scratch.Shared());
-      carve(arena, &cf, &delta);
-    }
+    OP_REQUIRES_OK(ctx, scratch.AllocateShared(ctx, [&](Arena& a) {
+      cf = a.Take<float>(n);
+      delta = a.Take<float>(B * n);
+    }));
 
     struct {
       const float* al;

@@ -82,3 +82,15 @@ def easy_config() -> RunConfig:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network, no environment folders; the test fails if anything tried to connect."""
+    from tests.fixtures import block_network
+
+    monkeypatch.delenv("SNN_RUNNER_DATA_DIR", raising=False)
+    monkeypatch.delenv("SNN_RUNNER_CACHE_DIR", raising=False)
+    calls = block_network(monkeypatch)
+    yield calls
+    assert calls == [], f"network was touched: {calls}"

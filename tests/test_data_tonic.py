@@ -18,7 +18,6 @@ from snn_runner.data.denoise import denoise
 from snn_runner.data.events import PAD, bin_sample, events_to_sparse, expand
 from snn_runner.data.preprocess import Preprocessing, SamplePreprocessor
 from snn_runner.data.tonic_sources import SOURCES, check_files, offline_class, open_split, read_sample
-from tests.fixtures import block_network
 from tests.reference import dense_frames
 from tests.fixtures.event_data import (
     SAMPLE_NMNIST,
@@ -33,16 +32,6 @@ from tests.fixtures.event_data import (
 )
 
 MAKERS = {"nmnist": make_nmnist, "shd": make_shd, "dvsgesture": make_dvsgesture}
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """No network, no environment folders; the test fails if anything tried to connect."""
-    monkeypatch.delenv("SNN_RUNNER_DATA_DIR", raising=False)
-    monkeypatch.delenv("SNN_RUNNER_CACHE_DIR", raising=False)
-    calls = block_network(monkeypatch)
-    yield calls
-    assert calls == [], f"network was touched: {calls}"
 
 
 def cfg_for(dataset, root, **kw):

@@ -24,7 +24,6 @@ from snn_runner.data.cli_commands import data
 from snn_runner.data.events import EventSet
 from snn_runner.data.splits import check_eventset
 from snn_runner.data.tonic_sources import SOURCES, check_files, fingerprint
-from tests.fixtures import block_network
 from tests.fixtures.event_data import (
     flip_byte,
     h5_replace,
@@ -36,15 +35,6 @@ from tests.fixtures.event_data import (
     write_nmnist_bin,
     write_shd,
 )
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    monkeypatch.delenv("SNN_RUNNER_DATA_DIR", raising=False)
-    monkeypatch.delenv("SNN_RUNNER_CACHE_DIR", raising=False)
-    calls = block_network(monkeypatch)
-    yield calls
-    assert calls == [], f"network was touched: {calls}"
 
 
 def cfg_for(dataset, root, **kw):

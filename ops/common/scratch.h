@@ -56,6 +56,15 @@ class Scratch {
     worker_bytes_ = worker_bytes;
     return absl::OkStatus();
   }
+  // A shared region only, laid out by carve(Arena&): run once to size it and
+  // once more to hand out the pointers it assigns.
+  template <typename Carve>
+  absl::Status AllocateShared(OpKernelContext* ctx, const Carve& carve) {
+    TF_RETURN_IF_ERROR(Allocate(ctx, ArenaBytes(carve), 0, 0));
+    Arena arena(Shared());
+    carve(arena);
+    return absl::OkStatus();
+  }
   char* Shared() const { return base_; }
   char* Worker(int worker) const { return base_ + shared_bytes_ + worker_bytes_ * worker; }
 

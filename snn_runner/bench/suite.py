@@ -17,30 +17,23 @@ from snn_runner.config import BENCH_NETWORKS, BenchConfig, RunConfig
 from snn_runner.files import atomic_text
 
 
-def _child(conn, fn, args) -> None:
+def _child(conn, cfg: RunConfig, bench: BenchConfig) -> None:
     try:
-        conn.send(("ok", fn(*args)))
+        conn.send(("ok", measure_case(cfg, bench).to_dict()))
     except BaseException as exc:  # report any failure to the parent instead of dying silently
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
-def _measure(cfg: RunConfig, bench: BenchConfig) -> dict:
-    return measure_case(cfg, bench).to_dict()
-
-
 def run_case_isolated(cfg: RunConfig, bench: BenchConfig) -> dict:
     """``measure_case`` in a fresh process; its record as a dict."""
-    return _isolated(_measure, (cfg, bench), f"{cfg.model.implementation} at max_activity {cfg.model.max_activity}")
-
-
-def _isolated(fn, args, what: str):
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, fn, args))
+    proc = ctx.Process(target=_child, args=(child, cfg, bench))
     proc.start()
     child.close()
+    what = f"{cfg.model.implementation} at max_activity {cfg.model.max_activity}"
     try:
         status, payload = parent.recv()
     except EOFError:
@@ -114,7 +107,7 @@ def _line(rec: dict, dense: dict | None) -> str:
     return (f"  {rec['implementation']:<13} act {act:>4}  step {rec['step_ms_median']:8.1f} ms"
             f"  fwd {rec['forward_ms_median']:7.1f} ms{speed}  rate% {rates}  dropped/step {drops}"
             f"  synops/sample {synops(rec) or '-'}  rss {rec['peak_rss_mb']:.0f} MB"
-            f"  compile {rec['compile_s']:.1f} s" + (f"  work {roofline(rec)}" if roofline(rec) else ""))
+            f"  compile {rec['compile_s']:.1f} s" + (f"  work {work}" if (work := roofline(rec)) else ""))
 
 
 def synops(rec: dict) -> str:
