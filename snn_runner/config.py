@@ -20,6 +20,7 @@ SCHEDULES = ("constant", "cosine")
 # spike_count: logits are the output layer's spikes summed over time; membrane_max / membrane_mean:
 # the output layer is a non-spiking leaky integrator and the logits its membrane's maximum / mean over time
 READOUTS = ("spike_count", "membrane_max", "membrane_mean")
+COMMUNICATIONS = ("auto", "ring")  # a multi-worker run's collectives (resources.communication)
 # random: uniform random input events with random labels, for timing only
 DATASETS = ("randman", "nmnist", "shd", "dvsgesture", "random")
 # Keys that change how a run is reported, never what it computes: they are

@@ -10,6 +10,7 @@ through here.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -63,39 +64,52 @@ def starting_network(cfg: RunConfig):
     return net
 
 
-def _train_into(cfg: RunConfig, result: Path, log, stop, attrs: dict | None) -> RunSummary:
+def _train_into(cfg: RunConfig, result: Path, log, stop, attrs: dict | None, workers=None) -> RunSummary:
     from snn_runner.results.store import write_train_result
     from snn_runner.runner.train import train
 
     ckpt = checkpoint_for(result)
-    record = train(cfg, ckpt, log=log, stop=stop, init=starting_network(cfg))
+    record = train(cfg, ckpt, log=log, stop=stop, init=starting_network(cfg), workers=workers)
+    last = record.rows[-1]
+    summary = RunSummary(result, cfg.model.implementation, last["test_accuracy"], last["test_loss"], len(record.rows))
+    if workers is not None:
+        if not workers.is_chief:
+            return summary  # one result per run: rank 0 writes it
+        attrs = {**(attrs or {}), **workers.attrs()}
     from snn_runner.results.network import SavedNetwork
 
     write_train_result(result, cfg.to_dict(), {**record.attrs, **(attrs or {})}, record.rows, record.step_seconds,
                        record.compile_seconds, record.mode, record.spikes, network=SavedNetwork(**record.network),
                        best=SavedNetwork(**record.best_network) if record.best_network else None)
     ckpt.unlink(missing_ok=True)  # only once the result is safely in place
-    last = record.rows[-1]
-    return RunSummary(result, cfg.model.implementation, last["test_accuracy"], last["test_loss"], len(record.rows))
+    return summary
+
+
+def _writer_lock(result: Path, workers, wait_s: float, log):
+    """The run lock of ``result`` for its writer; the other workers of a run write nothing and take none."""
+    if workers is not None and not workers.is_chief:
+        return contextlib.nullcontext()
+    return run_lock(result, wait_s, log)
 
 
 def run_training(cfg: RunConfig, result: Path, log: Callable[[str], None] = print, stop=None,
-                 attrs: dict | None = None) -> RunSummary:
+                 attrs: dict | None = None, workers=None) -> RunSummary:
     """Train ``cfg`` (resuming from its checkpoint) into the new result file ``result``.
 
     Refuses a result that already exists and a result another run is writing.
+    With ``workers`` this process is one worker of a data-parallel run.
     """
     cfg = resolve(cfg)
     result = Path(result)
     check_writable(result.parent)
-    with run_lock(result, log=log):
+    with _writer_lock(result, workers, 0.0, log):
         if result.exists():
             raise ResultExists(f"{result} already exists; choose another output file (-o) or delete it first")
-        return _train_into(cfg, result, log, stop, attrs)
+        return _train_into(cfg, result, log, stop, attrs, workers)
 
 
 def run_train_task(job: Job, task: Task, output_dir: Path | None = None, log: Callable[[str], None] = print,
-                   stop=None, wait_s: float = 0.0):
+                   stop=None, wait_s: float = 0.0, workers=None):
     """Train one task unless its result is already complete; resumes from a checkpoint.
 
     A task another process is running is waited for up to ``wait_s`` seconds
@@ -107,12 +121,12 @@ def run_train_task(job: Job, task: Task, output_dir: Path | None = None, log: Ca
         log(f"task {task.index} ({task.task_id}): already done: {done}")
         return SKIPPED
     check_writable(path.parent)
-    with run_lock(path, wait_s, log):
+    with _writer_lock(path, workers, wait_s, log):
         if is_complete(path):
             log(f"task {task.index} ({task.task_id}): done meanwhile by another run: {path}")
             return SKIPPED
         log(f"task {task.index} ({task.task_id}) {task.overrides or ''} -> {path}")
-        return _train_into(resolve(task.config), path, log, stop, task_attrs(job, task))
+        return _train_into(resolve(task.config), path, log, stop, task_attrs(job, task), workers)
 
 
 def run_bench_tasks(job: Job, tasks: list[Task], output_dir: Path | None = None,

@@ -276,7 +276,7 @@ def test_capacity_penalty_gradient_equals_dense(implementation, readout):
     def grads(m):
         with tf.GradientTape() as tape:
             out = m(ids, count)
-            loss = penalty(out)
+            loss = penalty(out, ids.shape[0])
         return loss.numpy(), [g.numpy() for g in tape.gradient(loss, params.trainable)[:-1]]
 
     dense_loss, dense_grads = grads(build_model("dense", spec, params))
@@ -294,7 +294,7 @@ def test_capacity_penalty_counts_dropped_spikes_and_implementations_agree():
     def grads(name):
         with tf.GradientTape() as tape:
             out = build_model(name, spec, params)(ids, count)
-            loss = penalty(out)
+            loss = penalty(out, ids.shape[0])
         return out, loss.numpy(), [g.numpy() for g in tape.gradient(loss, params.trainable)[:-1]]
 
     a, loss_a, ga = grads("sparse_ops")

@@ -112,6 +112,8 @@ class runtime_errors:
 
     def __exit__(self, exc_type, exc, tb):
         from snn_runner.backend import IpuUnavailableError
+        from snn_runner.distribute.cluster import ClusterError
+        from snn_runner.distribute.strategy import WorkerLost
         from snn_runner.data import DataError
         from snn_runner.dispatch import ResultExists
         from snn_runner.files import WriteError
@@ -122,7 +124,7 @@ class runtime_errors:
 
         fixable = (OpsNotBuiltError, CheckpointCorrupt, CheckpointMismatch, FileNotFoundError, DataError,
                    ResultExists, RunLocked, OutputNotWritable, WriteError, IpuUnavailableError,
-                   NoNetworkError)
+                   NoNetworkError, WorkerLost, ClusterError)
         if exc_type is not None and issubclass(exc_type, ConfigError):
             raise click.UsageError(str(exc)) from None
         if exc_type is not None and issubclass(exc_type, fixable):

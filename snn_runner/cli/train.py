@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sys
 import time
 from pathlib import Path
 
@@ -81,9 +82,14 @@ def stopped_at_once():
                    "(repeatable; applied after the options above, checked like a job file).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Result file to write  [default: results/<dataset>-<implementation>-<time>.h5]")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train each run data-parallel in this many local processes (tf.distribute, one share of "
+                   "every batch each; the result equals a one-process run). Under Slurm use the job keys "
+                   "resources.nodes and resources.tasks_per_node instead.")
 @click.pass_context
 def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, epochs, batch_size, learning_rate,
-          hidden, time_steps, max_activity, seed, backend, progress_s, init_from, readout, settings, output):
+          hidden, time_steps, max_activity, seed, backend, progress_s, init_from, readout, settings, output,
+          workers):
     """Train networks and write metrics, timings and spikes to HDF5.
 
     With JOB (a YAML job file): run its tasks (all, or those of --task), one
@@ -96,9 +102,13 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
     """
     from snn_runner.runner.signals import Interrupted, StopOnSignal
 
+    this_worker = _this_worker(workers)
     if job is not None:
-        reject_options_with_job(ctx, job)
-        _train_job(load_job_or_fail(job), task_spec, output_dir)
+        reject_options_with_job(ctx, job, keep=("workers",))
+        loaded = load_job_or_fail(job)
+        if this_worker is None and workers > 1:
+            _launch(workers, loaded.resources.communication)
+        _train_job(loaded, task_spec, output_dir, this_worker)
         return
     if task_spec is not None or output_dir is not None:
         raise click.UsageError("--task and --output-dir need a JOB file")
@@ -119,13 +129,17 @@ def train(ctx, job, task_spec, output_dir, dataset, data_dir, implementation, ep
 
     cfg = resolve(cfg)
     named = output is not None
+    if this_worker is None and workers > 1:
+        if not named:
+            raise click.UsageError("--workers needs -o/--output: every worker must name the same result file")
+        _launch(workers, "auto")
     if not named:
         # the time alone is not unique: runs started together would share a name
         stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         output = Path("results") / f"{dataset}-{cfg.model.implementation}-{stamp}.h5"
     try:
         with StopOnSignal() as stop, runtime_errors(), stopped_at_once():
-            summary = run_training(cfg, output, log=log, stop=stop)
+            summary = run_training(cfg, output, log=log, stop=stop, workers=this_worker)
     except Interrupted as err:
         exit_interrupted(err if named else f"{err} with -o {output}")
     log(f"result: {summary.path}")
@@ -154,7 +168,29 @@ def with_settings(cfg: RunConfig, settings: tuple[str, ...]) -> RunConfig:
     return RunConfig.from_dict(raw, where="--set")
 
 
-def _train_job(job, task_spec, output_dir):
+def _this_worker(requested: int):
+    """This process's place when the launcher of ``--workers`` started it, else None."""
+    from snn_runner.distribute import workers_from_environment
+    from snn_runner.distribute.cluster import ClusterError
+
+    try:
+        found = workers_from_environment()
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from None
+    if found is not None and found.world_size != requested:
+        raise click.ClickException(f"this worker belongs to a run of {found.world_size} workers but the command "
+                                   f"asks for --workers {requested}; unset SNN_RUNNER_WORKERS")
+    return found
+
+
+def _launch(count: int, communication: str):
+    """Start ``count`` workers running this same command, wait for them, and exit with the run's code."""
+    from snn_runner.distribute.launch import run_local
+
+    sys.exit(run_local(count, sys.argv[1:], communication, log=log))
+
+
+def _train_job(job, task_spec, output_dir, this_worker=None):
     from snn_runner.runner.signals import Interrupted, StopOnSignal
     from snn_runner.dispatch import SKIPPED, run_train_task
 
@@ -165,7 +201,7 @@ def _train_job(job, task_spec, output_dir):
     try:
         with StopOnSignal() as stop, runtime_errors(), stopped_at_once():
             for task in tasks:
-                summary = run_train_task(job, task, output_dir, log=log, stop=stop)
+                summary = run_train_task(job, task, output_dir, log=log, stop=stop, workers=this_worker)
                 if summary != SKIPPED:
                     log(f"result: {summary.path}")
                     log(f"final test accuracy: {summary.test_accuracy:.4f}")

@@ -35,6 +35,7 @@ import yaml
 
 from snn_runner.config import (
     BENCH_FILLED_KEYS,
+    COMMUNICATIONS,
     BenchConfig,
     ConfigError,
     RunConfig,
@@ -175,9 +176,21 @@ class Resources:
     launcher: str = "apptainer"
     binds: tuple = ()
     setup: tuple = ()  # shell lines run before each task
+    # nodes x tasks_per_node > 1: each task is one worker of one data-parallel run (snn_runner.distribute)
+    nodes: int = 1
+    tasks_per_node: int = 1
+    communication: str = "auto"  # the workers' collectives: auto | ring (both ring all-reduce on CPUs)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
 
     def validate(self) -> None:
-        for key in ("time_min", "cpus_per_task", "array_parallelism", "signal_delay_s", "max_timeouts"):
+        if self.communication not in COMMUNICATIONS:
+            raise ConfigError(f"resources.communication: invalid value {self.communication!r}; expected one of "
+                              f"{', '.join(COMMUNICATIONS)}")
+        for key in ("time_min", "cpus_per_task", "array_parallelism", "signal_delay_s", "max_timeouts", "nodes",
+                    "tasks_per_node"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"resources.{key}: invalid value {getattr(self, key)!r}; expected an integer >= 1")
         if self.gpus < 0:

@@ -19,10 +19,18 @@ class Steps:
 
     ``mode`` says how they were compiled (the backend's ``mode``; on the CPU
     ``GRAPH_MODE``), for the run's record.
+
+    With a ``strategy`` (a multi-worker run) ``train`` takes each worker's
+    share of a global batch plus the global batch size and performs the
+    single-process step of that global batch: the loss terms are sums over the
+    global batch divided by its size, the activity penalties see the spike
+    counts of the whole batch (all-reduced in the forward pass), and the
+    gradients are summed over the workers before clipping and the update.
+    Its outputs are sums over the whole batch, equal on every worker.
     """
 
     def __init__(self, model, params, optimizer, time_steps: int, capacity: int, rate_penalty, backend,
-                 clip_norm: float = 0.0, capacity_penalty=None):
+                 clip_norm: float = 0.0, capacity_penalty=None, strategy=None):
         if model.backend is not backend:
             # the record names `backend`; the model's ops must be that backend's
             raise ValueError(f"the model was built for backend {model.backend.name!r}, not {backend.name!r}")
@@ -38,7 +46,13 @@ class Steps:
             tf.TensorSpec([None, time_steps], tf.int32),
             tf.TensorSpec([None], tf.int64),
         )
-        self.train = backend.compile(self._train, signature)
+        self.strategy = strategy
+        if strategy is None:
+            self.train = backend.compile(self._train, signature)
+        else:
+            # the global batch's size: every worker's loss is a share of the same mean
+            train = backend.compile(self._train_replicated, signature + (tf.TensorSpec([], tf.float32),))
+            self.train = lambda ids, count, labels, global_batch: train(ids, count, labels, global_batch)
         self.evaluate = backend.compile(self._evaluate, signature)
         self.spike_trains = backend.compile(model.spike_trains, signature[:2])
 
@@ -46,20 +60,52 @@ class Steps:
         correct = tf.reduce_sum(tf.cast(tf.argmax(out.logits, axis=1) == labels, tf.int32))
         return tf.reduce_sum(losses), correct, out.spikes, out.dropped
 
-    def _train(self, ids, count, labels):
-        with tf.GradientTape() as tape:
-            out = self.model(ids, count)
-            losses = cross_entropy(labels, out.logits)
-            loss = tf.reduce_mean(losses)
-            if self.rate_penalty is not None:
-                loss = loss + self.rate_penalty(out.spikes, tf.shape(labels)[0])
-            if self.capacity_penalty is not None:
-                loss = loss + self.capacity_penalty(out)
-        grads = tape.gradient(loss, self.params.trainable)
+    def _loss(self, out, labels, batch, spikes):
+        """The training loss of ``out`` as a share of a batch of ``batch`` samples whose spike counts are ``spikes``."""
+        losses = cross_entropy(labels, out.logits)
+        loss = tf.reduce_sum(losses) / tf.cast(batch, tf.float32)
+        if self.rate_penalty is not None:
+            loss = loss + self.rate_penalty(spikes, batch)
+        if self.capacity_penalty is not None:
+            loss = loss + self.capacity_penalty(out, batch)
+        return loss, losses
+
+    def _apply(self, grads):
         if self.clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
         self.optimizer.apply_gradients(zip(grads, self.params.trainable))
+
+    def _train(self, ids, count, labels):
+        with tf.GradientTape() as tape:
+            out = self.model(ids, count)
+            loss, losses = self._loss(out, labels, tf.shape(labels)[0], out.spikes)
+        self._apply(tape.gradient(loss, self.params.trainable))
         return self._outputs(out, losses, labels)
+
+    def _replica_gradients(self, ids, count, labels, global_batch):
+        ctx = tf.distribute.get_replica_context()
+        sum_ = tf.distribute.ReduceOp.SUM
+        with tf.GradientTape() as tape:
+            out = self.model(ids, count)
+            spikes = out.spikes
+            if self.rate_penalty is not None:
+                # the value is the whole batch's count, the gradient flows to this worker's own spikes:
+                # summed over the workers that is the gradient of the penalty of the whole batch
+                total = ctx.all_reduce(sum_, tf.stop_gradient(spikes))
+                spikes = total + spikes - tf.stop_gradient(spikes)
+            loss, losses = self._loss(out, labels, global_batch, spikes)
+        grads = ctx.all_reduce(sum_, tape.gradient(loss, self.params.trainable))
+        loss_sum, correct, spike_sum, dropped = self._outputs(out, losses, labels)
+        outputs = ctx.all_reduce(sum_, [loss_sum, tf.cast(correct, tf.float32), spike_sum,
+                                        tf.cast(dropped, tf.float32)])
+        return grads, outputs
+
+    def _train_replicated(self, ids, count, labels, global_batch):
+        grads, (loss_sum, correct, spikes, dropped) = self.strategy.run(
+            self._replica_gradients, args=(ids, count, labels, global_batch))
+        # in the cross-replica context (one replica per worker) the optimizer does not sum again
+        self._apply(grads)
+        return loss_sum, tf.cast(tf.round(correct), tf.int32), spikes, tf.cast(tf.round(dropped), tf.int32)
 
     def _evaluate(self, ids, count, labels):
         out = self.model(ids, count)
@@ -92,8 +138,10 @@ def capacity_penalty(strength: float, target: float, capacities):
     """
     slots = tf.constant([float(k) for k in capacities], tf.float32)[:, None, None]
 
-    def penalty(out):
+    def penalty(out, batch):
         fill = (out.step_spikes + tf.stop_gradient(out.step_dropped)) / slots
-        return strength * tf.reduce_sum(tf.reduce_mean(tf.square(tf.nn.relu(fill - target)), axis=[1, 2]))
+        # a mean over the (batch, step) pairs of the whole batch: a sum over this one's, over their number
+        pairs = tf.cast(batch, tf.float32) * tf.cast(tf.shape(fill)[2], tf.float32)
+        return strength * tf.reduce_sum(tf.square(tf.nn.relu(fill - target))) / pairs
 
     return penalty

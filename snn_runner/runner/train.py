@@ -9,6 +9,7 @@ so the runner never reaches into the results layer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -90,6 +91,17 @@ def evaluate_set(steps, data: EventSet, batch_size: int, layers: int) -> Tally:
     return tally
 
 
+def share(batch: int, rank: int, world_size: int) -> slice:
+    """Worker ``rank``'s part of a global batch of ``batch`` samples: contiguous, in the global order.
+
+    The first ``batch % world_size`` workers take one sample more; a worker may
+    get none in a short last batch (its step then adds nothing to the sums).
+    """
+    base, extra = divmod(batch, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
 def _sparse_record(trains: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Dense 0/1 spikes [B, T, n] -> sparse (ids [B, T, K] padded with -1, count [B, T])."""
     count = trains.sum(axis=-1).astype(np.int32)
@@ -130,7 +142,7 @@ def _threshold2_arrays(spec, fraction: float) -> list[np.ndarray]:
 
 
 def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = print,
-          stop: StopOnSignal | None = None, init=None) -> TrainRecord:
+          stop: StopOnSignal | None = None, init=None, workers=None) -> TrainRecord:
     """Train per ``cfg``, checkpointing to ``ckpt_path``; returns the run's record.
 
     ``cfg.model.implementation`` must be resolved (not ``auto``). ``init``
@@ -138,7 +150,21 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     ``train.init_from``) replaces the random initial weights. Raises
     ``Interrupted`` (after saving a checkpoint) when ``stop`` reports a
     signal; calling again with the same arguments resumes.
+
+    ``workers`` (a ``snn_runner.distribute.Workers`` of more than one) makes
+    this process one worker of a data-parallel run: it computes its share of
+    every global batch, the gradients are all-reduced, and only rank 0 writes
+    the checkpoint. Every worker returns the same record.
     """
+    if workers is None or workers.world_size == 1:
+        return _run(cfg, ckpt_path, log, stop, init, None)
+    from snn_runner.distribute.strategy import failures_named
+
+    with failures_named(workers):
+        return _run(cfg, ckpt_path, log, stop, init, workers)
+
+
+def _run(cfg: RunConfig, ckpt_path, log, stop, init, workers) -> TrainRecord:
     # TensorFlow is imported late (through these): its start-up is slow and not needed for --help
     from snn_runner.backend import get_backend
     from snn_runner.model import NetworkSpec, Parameters, build_model
@@ -157,7 +183,15 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     batch_size = cfg.train.batch_size
     steps_per_epoch = -(-len(train_set) // batch_size)
     anneal = annealing(cfg.model)
-    with backend.scope():
+    strategy = collectives = None
+    rank, world_size = 0, 1
+    if workers is not None and workers.world_size > 1:
+        from snn_runner.distribute.strategy import Collectives, make_strategy
+
+        rank, world_size = workers.rank, workers.world_size
+        strategy = make_strategy(workers)
+        collectives = Collectives(strategy)
+    with backend.scope(), (strategy.scope() if strategy is not None else contextlib.nullcontext()):
         params = Parameters(spec, cfg.train.seed, threshold2_variable=anneal)
         model = build_model(implementation, spec, params, backend)
         optimizer = make_optimizer(cfg.train, steps_per_epoch)
@@ -170,7 +204,7 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     if cfg.train.capacity_strength > 0:
         capacity = capacity_penalty(cfg.train.capacity_strength, cfg.train.capacity_target, spec.capacities[:-1])
     steps = Steps(model, params, optimizer, train_set.time_steps, train_set.capacity, penalty, backend,
-                  cfg.train.clip_norm, capacity)
+                  cfg.train.clip_norm, capacity, strategy)
     neurons = np.asarray(spec.sizes[1:], np.float64)
 
     if init is not None:
@@ -182,6 +216,9 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
         log(f"init: weights from {cfg.train.init_from} (epoch {init.epoch})")
     state = TrainState(rng_state=np.random.default_rng(cfg.train.seed).bit_generator.state)
     best_weights = None  # weights after the best validation epoch (the test set never selects a model)
+    if collectives is not None:
+        # rank 0 holds the run lock by now, so a previous instance has finished saving: all read the same file
+        collectives.barrier()
     loaded = checkpoint.load(ckpt_path, identity_json)
     if loaded is not None:
         state, weights, slots = loaded
@@ -201,12 +238,21 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
         log(f"resume: from {ckpt_path} at epoch {state.epoch}, batch {state.batch}")
 
     def save_state() -> None:
+        if rank != 0:
+            return  # one writer: the other workers hold the same state
         checkpoint.save(ckpt_path, state, [w.numpy() for w in params.trainable] + (best_weights or []),
                         [v.numpy() for v in optimizer.variables], identity_json)
 
     log(f"train: {implementation} on {backend.name}, network {list(spec.sizes)} capacities "
         f"{list(spec.capacities)} on {cfg.data.dataset} ({len(train_set)} train / {len(test_set)} test samples, "
         f"T={train_set.time_steps}), {cfg.train.epochs} epochs of {steps_per_epoch} steps of batch {batch_size}")
+    def stop_requested() -> bool:
+        asked = stop is not None and stop.requested
+        return collectives.any(asked) if collectives is not None else asked
+
+    def signal_name() -> str:
+        return f"signal {stop.received}" if stop is not None and stop.received else "a signal to another worker"
+
     traced = False
     for epoch in range(state.epoch, cfg.train.epochs + 1):
         if patience_exhausted(state.rows, state.best, cfg.train.patience):
@@ -223,7 +269,12 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
                                                  start=state.batch):
             t0 = time.perf_counter()
             # .numpy() inside waits for the step
-            tally.add(steps.train(ids, count, labels), len(labels), int(np.sum(count)))
+            if strategy is None:
+                outputs = steps.train(ids, count, labels)
+            else:
+                part = share(len(labels), rank, world_size)
+                outputs = steps.train(ids[part], count[part], labels[part], float(len(labels)))
+            tally.add(outputs, len(labels), int(np.sum(count)))
             elapsed = time.perf_counter() - t0
             if not traced:  # the first step of a process traces and builds the graph
                 traced = True
@@ -232,10 +283,10 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
                 state.step_seconds.append(elapsed)
             state.batch = i + 1
             progress.step(i + 1, len(labels), tally.loss / tally.samples)
-            if stop is not None and stop.requested:
+            if stop_requested():
                 state.tally = tally.to_dict()
                 save_state()
-                raise Interrupted(f"stopped by signal {stop.received} in epoch {epoch} after batch {i + 1}; "
+                raise Interrupted(f"stopped by {signal_name()} in epoch {epoch} after batch {i + 1}; "
                                   f"checkpoint saved to {ckpt_path}; run the same command again to resume")
         test = evaluate_set(steps, test_set, batch_size, spec.layers)
         rate = tally.spikes / (tally.samples * train_set.time_steps * neurons)
@@ -274,8 +325,8 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
         if patience_exhausted(state.rows, state.best, cfg.train.patience) and epoch < cfg.train.epochs:
             log(f"early stop: no better validation accuracy for {cfg.train.patience} epochs since epoch "
                 f"{state.best['epoch']}")
-        if stop is not None and stop.requested:
-            raise Interrupted(f"stopped by signal {stop.received} after epoch {epoch}; checkpoint saved to "
+        if stop_requested():
+            raise Interrupted(f"stopped by {signal_name()} after epoch {epoch}; checkpoint saved to "
                               f"{ckpt_path}; run the same command again to resume")
 
     data_report = {"train": getattr(train_set, "report", {}), "test": getattr(test_set, "report", {})}

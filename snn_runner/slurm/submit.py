@@ -45,7 +45,8 @@ def sbatch_parameters(job: Job) -> dict:
         "job_name": f"snn-{job.name}",
         "time": res.time_min,
         "cpus_per_task": res.cpus_per_task,
-        "mem": f"{int(res.mem_gb * 1024)}MB",
+        # mem_gb is per task (per worker), Slurm's --mem per node
+        "mem": f"{int(res.mem_gb * res.tasks_per_node * 1024)}MB",
         "array_parallelism": res.array_parallelism,
         "signal_delay_s": res.signal_delay_s,
         "setup": list(res.setup),
@@ -55,6 +56,9 @@ def sbatch_parameters(job: Job) -> dict:
             params[key] = value
     if res.gpus:
         params["gpus_per_node"] = res.gpus
+    if res.world_size > 1:  # one data-parallel run over these tasks (srun starts them; see slurm.task)
+        params["nodes"] = res.nodes
+        params["ntasks_per_node"] = res.tasks_per_node
     return params
 
 

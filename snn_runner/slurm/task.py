@@ -39,10 +39,19 @@ class TaskRunner(submitit.helpers.Checkpointable):
         if job.kind == "bench":
             run_bench_tasks(job, [task], out, log=_log)
             return str(job.result(task, out))
+        workers = None
+        if job.resources.world_size > 1:
+            from snn_runner.distribute import slurm_workers
+
+            # the task's CPUs, not the node's, are its op pool (several workers may share a node)
+            os.environ.setdefault("TF_NUM_INTRAOP_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+            workers = slurm_workers(job.resources.world_size, job.resources.communication)
+            _log(f"worker rank {workers.rank} of {workers.world_size} on {workers.host_of(workers.rank)} "
+                 f"(step {workers.slurm_step})")
         with StopOnSignal() as stop:
             try:
                 # a requeued task may start while its previous instance is still saving: wait for it
-                run_train_task(job, task, out, log=_log, stop=stop, wait_s=LOCK_WAIT_S)
+                run_train_task(job, task, out, log=_log, stop=stop, wait_s=LOCK_WAIT_S, workers=workers)
             except Interrupted as err:
                 _log(f"interrupted: {err}")
                 previous = stop.previous_handler(stop.received)
