@@ -24,6 +24,7 @@ LAYERS = [
     ("ipu",),        # IPU planner and Poplar glue
     ("backend",),    # which ops a model runs on
     ("model",),      # the three implementations, compiled steps
+    ("distribute",),  # the workers of a data-parallel run, their strategy and launcher
     ("runner", "bench"),  # training loop, timing
     ("results",),    # HDF5 results, collect, report
     ("dispatch", "evaluate", "export"),  # runs and tasks start to end; a saved network run again or exported

@@ -96,7 +96,9 @@ def slurm_workers(expected: int, communication: str = "auto") -> Workers:
         raise ClusterError(f"Slurm started {tasks} task(s) but resources.nodes x resources.tasks_per_node is "
                            f"{expected}; submit the job with `snn-runner submit` so the allocation matches")
     job_id = os.environ.get("SLURM_JOB_ID", "0")
-    resolver = SlurmClusterResolver(port_base=slurm_port_base(job_id), gpus_per_node=0, gpus_per_task=0,
+    # The resolver hands out one port per (GPU slot of a node); CPU workers are given one "slot" per task,
+    # with auto_set_gpu off so it leaves CUDA_VISIBLE_DEVICES alone.
+    resolver = SlurmClusterResolver(port_base=slurm_port_base(job_id), gpus_per_node=tasks, gpus_per_task=1,
                                     auto_set_gpu=False)
     hosts = tuple(resolver.cluster_spec().as_dict()["worker"])
     step = f"{job_id}.{os.environ.get('SLURM_STEP_ID', '0')}"

@@ -42,6 +42,16 @@ class StopOnSignal:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
+    def reclaim(self) -> None:
+        """Install the handlers again after a library replaced them at the C level.
+
+        TensorFlow's coordination service (started by a multi-worker strategy)
+        installs its own SIGTERM handler for preemption notices, which would
+        swallow a requeue's SIGTERM.
+        """
+        for s in self.signals:
+            signal.signal(s, self._handle)
+
     def previous_handler(self, signum):
         """The handler that was installed before this one (e.g. submitit's requeue)."""
         return self._previous.get(signum)

@@ -191,6 +191,8 @@ def _run(cfg: RunConfig, ckpt_path, log, stop, init, workers) -> TrainRecord:
         rank, world_size = workers.rank, workers.world_size
         strategy = make_strategy(workers)
         collectives = Collectives(strategy)
+        if stop is not None:
+            stop.reclaim()
     with backend.scope(), (strategy.scope() if strategy is not None else contextlib.nullcontext()):
         params = Parameters(spec, cfg.train.seed, threshold2_variable=anneal)
         model = build_model(implementation, spec, params, backend)

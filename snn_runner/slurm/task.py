@@ -16,6 +16,7 @@ from pathlib import Path
 
 import submitit
 
+from snn_runner.distribute.strategy import WorkerLost
 from snn_runner.runner.signals import INTERRUPTED_EXIT_CODE, Interrupted, StopOnSignal
 
 
@@ -52,6 +53,10 @@ class TaskRunner(submitit.helpers.Checkpointable):
             try:
                 # a requeued task may start while its previous instance is still saving: wait for it
                 run_train_task(job, task, out, log=_log, stop=stop, wait_s=LOCK_WAIT_S, workers=workers)
+            except WorkerLost as err:
+                # one line naming the lost worker on top of submitit's record of the failure
+                print(f"Error: {err}", file=sys.stderr, flush=True)
+                raise
             except Interrupted as err:
                 _log(f"interrupted: {err}")
                 previous = stop.previous_handler(stop.received)
