@@ -30,6 +30,8 @@ from snn_runner.runner.train import share
 from snn_runner.slurm.submission import read_submissions
 from tests.slurm_fixtures import slurm_cluster  # noqa: F401
 
+REPO = Path(__file__).resolve().parents[1]
+
 # 123 training samples in batches of 61: the last batch has one sample, so worker 1 gets none there.
 # The rate and capacity penalties and clipping are on: each needs the whole batch, not a worker's share.
 TINY = ["--hidden", "24", "--time-steps", "15", "--epochs", "2", "--batch-size", "61", "--progress-s", "0",
@@ -271,3 +273,27 @@ def test_killed_slurm_worker_fails_the_job_with_its_rank_and_a_resubmit_resumes(
     path = _wait_result(slurm_cluster, again, out, timeout=600)
     assert int(read_result(path)["attrs"]["resumes"]) >= 1
     assert_same_run(path, _straight(job, tmp_path, "--workers", "2"))
+
+
+def test_several_tasks_are_asked_of_slurm_with_memory_per_task(tmp_path):
+    from snn_runner.jobs import load_job
+    from snn_runner.slurm.submit import sbatch_parameters
+
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB.format(name="p", hidden=8, steps=5, samples=4, epochs=1).replace(
+        "mem_gb: 1, tasks_per_node: 2", "mem_gb: 1.5, nodes: 3, tasks_per_node: 2"))
+    params = sbatch_parameters(load_job(path))
+    assert (params["nodes"], params["ntasks_per_node"], params["mem"]) == (3, 2, "3072MB")
+    single = sbatch_parameters(load_job(REPO / "jobs" / "smoke.yaml"))
+    assert "nodes" not in single and "ntasks_per_node" not in single
+
+
+def test_workers_option_needs_a_named_result_and_matches_the_launcher(tmp_path):
+    run = cli("train", "--workers", "2", cwd=tmp_path, timeout=60)
+    assert run.returncode == 2 and "--workers needs -o/--output" in run.stderr
+    env = {**os.environ, "SNN_RUNNER_WORKERS": Workers(0, ("localhost:1", "localhost:2", "localhost:3")).to_env()}
+    run = cli("train", "--workers", "2", "-o", "x.h5", cwd=tmp_path, timeout=60, env=env)
+    assert run.returncode == 1 and "belongs to a run of 3 workers" in run.stderr and "Traceback" not in run.stderr
+    env["SNN_RUNNER_WORKERS"] = "{not json"
+    run = cli("train", "-o", "x.h5", cwd=tmp_path, timeout=60, env=env)
+    assert run.returncode == 1 and "SNN_RUNNER_WORKERS is not a worker description" in run.stderr

@@ -21,12 +21,14 @@ class Steps:
     ``GRAPH_MODE``), for the run's record.
 
     With a ``strategy`` (a multi-worker run) ``train`` takes each worker's
-    share of a global batch plus the global batch size and performs the
-    single-process step of that global batch: the loss terms are sums over the
-    global batch divided by its size, the activity penalties see the spike
-    counts of the whole batch (all-reduced in the forward pass), and the
-    gradients are summed over the workers before clipping and the update.
-    Its outputs are sums over the whole batch, equal on every worker.
+    share of a global batch, the global batch size and a stop request, and
+    performs the single-process step of that global batch: the loss terms
+    are sums over the global batch divided by its size, the activity
+    penalties see the spike counts of the whole batch (all-reduced in the
+    forward pass), and the gradients are summed over the workers before
+    clipping and the update. Its outputs are sums over the whole batch, equal
+    on every worker, plus the number of workers that asked to stop.
+    ``evaluate`` likewise takes a share and returns the whole batch's sums.
     """
 
     def __init__(self, model, params, optimizer, time_steps: int, capacity: int, rate_penalty, backend,
@@ -49,11 +51,13 @@ class Steps:
         self.strategy = strategy
         if strategy is None:
             self.train = backend.compile(self._train, signature)
+            self.evaluate = backend.compile(self._evaluate, signature)
         else:
-            # the global batch's size: every worker's loss is a share of the same mean
-            train = backend.compile(self._train_replicated, signature + (tf.TensorSpec([], tf.float32),))
-            self.train = lambda ids, count, labels, global_batch: train(ids, count, labels, global_batch)
-        self.evaluate = backend.compile(self._evaluate, signature)
+            # + the global batch's size (every worker's loss is a share of the same mean) and this worker's
+            # stop request, summed with the outputs so that all workers learn of any in the same step
+            scalar = tf.TensorSpec([], tf.float32)
+            self.train = backend.compile(self._train_replicated, signature + (scalar, scalar))
+            self.evaluate = backend.compile(self._evaluate_replicated, signature)
         self.spike_trains = backend.compile(model.spike_trains, signature[:2])
 
     def _outputs(self, out, losses, labels):
@@ -82,7 +86,7 @@ class Steps:
         self._apply(tape.gradient(loss, self.params.trainable))
         return self._outputs(out, losses, labels)
 
-    def _replica_gradients(self, ids, count, labels, global_batch):
+    def _replica_gradients(self, ids, count, labels, global_batch, stop):
         ctx = tf.distribute.get_replica_context()
         sum_ = tf.distribute.ReduceOp.SUM
         with tf.GradientTape() as tape:
@@ -95,17 +99,33 @@ class Steps:
                 spikes = total + spikes - tf.stop_gradient(spikes)
             loss, losses = self._loss(out, labels, global_batch, spikes)
         grads = ctx.all_reduce(sum_, tape.gradient(loss, self.params.trainable))
-        loss_sum, correct, spike_sum, dropped = self._outputs(out, losses, labels)
-        outputs = ctx.all_reduce(sum_, [loss_sum, tf.cast(correct, tf.float32), spike_sum,
-                                        tf.cast(dropped, tf.float32)])
-        return grads, outputs
+        return grads, self._summed_outputs(out, losses, labels, stop)
 
-    def _train_replicated(self, ids, count, labels, global_batch):
-        grads, (loss_sum, correct, spikes, dropped) = self.strategy.run(
-            self._replica_gradients, args=(ids, count, labels, global_batch))
+    def _summed_outputs(self, out, losses, labels, *extra):
+        """``_outputs`` summed over the workers (as floats: exact for counts below 2^24), then ``extra``."""
+        loss_sum, correct, spikes, dropped = self._outputs(out, losses, labels)
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, [
+            loss_sum, tf.cast(correct, tf.float32), spikes, tf.cast(dropped, tf.float32),
+            *[tf.identity(x) for x in extra]])
+
+    @staticmethod
+    def _as_counts(summed):
+        loss_sum, correct, spikes, dropped, *extra = summed
+        return (loss_sum, tf.cast(tf.round(correct), tf.int32), spikes, tf.cast(tf.round(dropped), tf.int32),
+                *extra)
+
+    def _train_replicated(self, ids, count, labels, global_batch, stop):
+        grads, summed = self.strategy.run(self._replica_gradients, args=(ids, count, labels, global_batch, stop))
         # in the cross-replica context (one replica per worker) the optimizer does not sum again
         self._apply(grads)
-        return loss_sum, tf.cast(tf.round(correct), tf.int32), spikes, tf.cast(tf.round(dropped), tf.int32)
+        return self._as_counts(summed)
+
+    def _evaluate_replicated(self, ids, count, labels):
+        def replica(ids, count, labels):
+            out = self.model(ids, count)
+            return self._summed_outputs(out, cross_entropy(labels, out.logits), labels)
+
+        return self._as_counts(self.strategy.run(replica, args=(ids, count, labels)))
 
     def _evaluate(self, ids, count, labels):
         out = self.model(ids, count)

@@ -84,10 +84,12 @@ class Tally:
         return events * np.asarray(sizes[1:], np.float64) / max(1, self.samples)
 
 
-def evaluate_set(steps, data: EventSet, batch_size: int, layers: int) -> Tally:
+def evaluate_set(steps, data: EventSet, batch_size: int, layers: int, rank: int = 0, world_size: int = 1) -> Tally:
+    """Sums of the evaluation step over ``data``; with several workers each evaluates its share of every batch."""
     tally = Tally(layers)
     for ids, count, labels in data.batches(batch_size):
-        tally.add(steps.evaluate(ids, count, labels), len(labels))
+        part = share(len(labels), rank, world_size) if world_size > 1 else slice(None)
+        tally.add(steps.evaluate(ids[part], count[part], labels[part]), len(labels))
     return tally
 
 
@@ -273,9 +275,12 @@ def _run(cfg: RunConfig, ckpt_path, log, stop, init, workers) -> TrainRecord:
             # .numpy() inside waits for the step
             if strategy is None:
                 outputs = steps.train(ids, count, labels)
+                stopping = stop is not None and stop.requested
             else:
                 part = share(len(labels), rank, world_size)
-                outputs = steps.train(ids[part], count[part], labels[part], float(len(labels)))
+                *outputs, asked = steps.train(ids[part], count[part], labels[part], float(len(labels)),
+                                              float(stop is not None and stop.requested))
+                stopping = float(asked) > 0  # any worker's request: all stop after this same step
             tally.add(outputs, len(labels), int(np.sum(count)))
             elapsed = time.perf_counter() - t0
             if not traced:  # the first step of a process traces and builds the graph
@@ -285,12 +290,12 @@ def _run(cfg: RunConfig, ckpt_path, log, stop, init, workers) -> TrainRecord:
                 state.step_seconds.append(elapsed)
             state.batch = i + 1
             progress.step(i + 1, len(labels), tally.loss / tally.samples)
-            if stop_requested():
+            if stopping:
                 state.tally = tally.to_dict()
                 save_state()
                 raise Interrupted(f"stopped by {signal_name()} in epoch {epoch} after batch {i + 1}; "
                                   f"checkpoint saved to {ckpt_path}; run the same command again to resume")
-        test = evaluate_set(steps, test_set, batch_size, spec.layers)
+        test = evaluate_set(steps, test_set, batch_size, spec.layers, rank, world_size)
         rate = tally.spikes / (tally.samples * train_set.time_steps * neurons)
         row = {
             "epoch": epoch,
@@ -304,7 +309,7 @@ def _run(cfg: RunConfig, ckpt_path, log, stop, init, workers) -> TrainRecord:
             "synops": tally.synops(spec.sizes).tolist(),
         }
         if validation_set is not None:
-            val = evaluate_set(steps, validation_set, batch_size, spec.layers)
+            val = evaluate_set(steps, validation_set, batch_size, spec.layers, rank, world_size)
             row["validation_loss"] = val.loss / val.samples
             row["validation_accuracy"] = val.correct / val.samples
             # best: highest validation accuracy, then lowest validation loss, then the earliest epoch
