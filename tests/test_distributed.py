@@ -118,17 +118,38 @@ def _worker_pids(launcher_pid: int) -> dict[int, int]:
     return found
 
 
-def test_killed_worker_stops_the_run_with_an_error_and_a_rerun_resumes(tmp_path):
-    args = ["train", *TINY, "--implementation", "sparse_layer", "--epochs", "40"]
+def _start(args, result: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "snn_runner.cli", *args, "-o", str(result), "--workers", "2"],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_save(ckpt: Path, after: float, launcher: subprocess.Popen) -> None:
+    """Until the checkpoint has been written after the time ``after``."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and launcher.poll() is None:
+        if ckpt.exists() and ckpt.stat().st_mtime > after:
+            return
+        time.sleep(0.1)
+    pytest.fail("no checkpoint was saved: " + launcher.communicate()[1][-3000:])
+
+
+def test_signalled_and_killed_workers_stop_the_run_and_reruns_resume_it(tmp_path):
+    args = ["train", *TINY, "--implementation", "sparse_layer", "--epochs", "80"]
     result = tmp_path / "run.h5"
     ckpt = checkpoint_for(result)
-    launcher = subprocess.Popen([sys.executable, "-m", "snn_runner.cli", *args, "-o", str(result),
-                                 "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not list(tmp_path.glob(".*.ckpt")) and launcher.poll() is None:
-        time.sleep(0.2)
-    assert list(tmp_path.glob(".*.ckpt")), "no checkpoint was saved: " + launcher.communicate()[1][-3000:]
+
+    # SIGTERM to the launcher: both workers stop after the same step, rank 0 saves, exit 75
+    launcher = _start(args, result, tmp_path)
+    _wait_for_save(ckpt, 0.0, launcher)
+    launcher.send_signal(signal.SIGTERM)
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 75, err[-3000:]
+    assert "interrupted: stopped by signal" in err and "Traceback" not in err
+
+    # the rerun resumes; SIGKILL one worker: the other names it and the run ends within a minute
+    started = time.time()
+    launcher = _start(args, result, tmp_path)
+    _wait_for_save(ckpt, started, launcher)
     pids = _worker_pids(launcher.pid)
     assert sorted(pids) == [0, 1]
     os.kill(pids[1], signal.SIGKILL)
@@ -136,21 +157,21 @@ def test_killed_worker_stops_the_run_with_an_error_and_a_rerun_resumes(tmp_path)
     out, err = launcher.communicate(timeout=120)
     assert time.monotonic() - killed < 60, "the run did not stop within a minute of losing a worker"
     assert launcher.returncode == 1
+    assert "resume: from" in out
     assert "Error: worker rank 1 on localhost stopped or cannot be reached" in err, err[-3000:]
     assert "Traceback" not in err
     assert "worker rank 1 (pid" in out and "SIGKILL" in out
     assert not result.exists()
     assert [p.name for p in tmp_path.glob(".*.ckpt")] == [ckpt.name]
-    state = load_checkpoint(ckpt, _identity_of(ckpt))[0]  # whole and readable
-    assert state.epoch >= 2
+    assert load_checkpoint(ckpt, _identity_of(ckpt))[0].epoch >= 2  # whole and readable
 
     again = cli(*args, "-o", str(result), "--workers", "2", cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resume: from" in again.stdout
-    # the uninterrupted run of the same two workers (a one-process run drifts apart in the last bits over 40 epochs)
+    # the uninterrupted run of the same two workers (a one-process run drifts apart in the last bits over 80 epochs)
     straight = cli(*args, "-o", str(tmp_path / "straight.h5"), "--workers", "2", cwd=tmp_path, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    assert int(read_result(result)["attrs"]["resumes"]) == 1
+    assert int(read_result(result)["attrs"]["resumes"]) == 2
     assert_same_run(result, tmp_path / "straight.h5")
 
 
@@ -297,3 +318,12 @@ def test_workers_option_needs_a_named_result_and_matches_the_launcher(tmp_path):
     env["SNN_RUNNER_WORKERS"] = "{not json"
     run = cli("train", "-o", "x.h5", cwd=tmp_path, timeout=60, env=env)
     assert run.returncode == 1 and "SNN_RUNNER_WORKERS is not a worker description" in run.stderr
+
+
+def test_the_ipu_backend_refuses_several_workers(tmp_path):
+    from snn_runner.config import ConfigError, RunConfig, TrainConfig
+    from snn_runner.runner.train import train
+
+    cfg = RunConfig(train=TrainConfig(backend="ipu"))
+    with pytest.raises(ConfigError, match="train.backend: ipu cannot run with several workers"):
+        train(cfg, tmp_path / "x.ckpt", workers=Workers(0, ("localhost:1", "localhost:2")))

@@ -160,6 +160,10 @@ def train(cfg: RunConfig, ckpt_path: str | Path, log: Callable[[str], None] = pr
     """
     if workers is None or workers.world_size == 1:
         return _run(cfg, ckpt_path, log, stop, init, None)
+    if cfg.train.backend != "cpu":
+        # the IPU runs inside its own IPUStrategy, which does not combine with the multi-worker one
+        raise ConfigError(f"train.backend: {cfg.train.backend} cannot run with several workers; use the cpu "
+                          "backend, or one worker (resources.nodes and resources.tasks_per_node 1, no --workers)")
     from snn_runner.distribute.strategy import failures_named
 
     with failures_named(workers):
