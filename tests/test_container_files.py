@@ -60,9 +60,12 @@ BROKEN = {
         "Dockerfile", "ENV POPLAR_SDK_ENABLED=", "ENV POPLAR_SDK=",
         "Dockerfile stage 'ipu': ENV lacks POPLAR_SDK_ENABLED"),
     "the ipu stage forgets SNN_RUNNER_INSTALLED, while the CPU stage still has it": (
-        "Dockerfile", "    PYTHONUNBUFFERED=1 \\\n    SNN_RUNNER_INSTALLED=1\n\nCOPY --from=ipu-build",
-        "    PYTHONUNBUFFERED=1\n\nCOPY --from=ipu-build",
+        "Dockerfile", "    SNN_RUNNER_INSTALLED=1 \\\n    SNN_RUNNER_IMAGE_CPU_OPS=0\n",
+        "    SNN_RUNNER_IMAGE_CPU_OPS=0\n",
         "Dockerfile stage 'ipu': ENV lacks SNN_RUNNER_INSTALLED=1"),
+    "the ipu stage does not say it has no CPU ops (its CPU smoke test would fail)": (
+        "Dockerfile", " \\\n    SNN_RUNNER_IMAGE_CPU_OPS=0\n", "\n",
+        "Dockerfile stage 'ipu': ENV lacks SNN_RUNNER_IMAGE_CPU_OPS"),
     "IPU recipe bootstraps from an archive nobody writes": (
         "singularity-ipu.def", "From: build/image/snn-runner-ipu.tar", "From: build/image/ipu.tar",
         "singularity-ipu.def: From: build/image/ipu.tar is not the archive scripts/build-ipu-image writes"),
