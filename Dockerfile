@@ -54,11 +54,14 @@ WORKDIR /src
 COPY requirements/ipu.txt requirements/
 # --system-site-packages: the venv sees the base's tensorflow-ipu (and the
 # numpy and h5py it was built with, which requirements/ipu.txt accepts).
+# pip first: Ubuntu 20.04's venv brings pip 20.0, whose old resolver can
+# install conflicting versions without a word; 25.0 is the last for Python 3.8.
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off; \
     python3 -m venv --system-site-packages /opt/snn-runner/venv \
+    && /opt/snn-runner/venv/bin/pip install "pip==25.0.1" \
     && /opt/snn-runner/venv/bin/pip install -r requirements/ipu.txt \
     && python3 -m venv /tmp/tools \
     && /tmp/tools/bin/pip install "cmake>=3.18"
