@@ -14,6 +14,7 @@ module stays cheap for the commands that never train.
 from __future__ import annotations
 
 import inspect
+import os
 
 
 class CompatError(RuntimeError):
@@ -98,3 +99,20 @@ def xla_function_options() -> dict:
 
     params = inspect.signature(tf.function).parameters
     return {"jit_compile": True} if "jit_compile" in params else {"experimental_compile": True}
+
+
+def h5_unlocked() -> dict:
+    """``h5py.File`` keywords that open a file without HDF5's file lock.
+
+    h5py 3.5 and newer take ``locking=False`` per file. h5py 3.1 (TensorFlow
+    2.6's, so the IPU image's) has no such argument; there the HDF5 library
+    reads ``HDF5_USE_FILE_LOCKING`` instead, so it is set for the whole
+    process. That costs nothing here: snn-runner's writers never rely on
+    HDF5's lock (they write private temporary names and rename them).
+    """
+    import h5py
+
+    if "locking" in inspect.signature(h5py.File.__init__).parameters:
+        return {"locking": False}
+    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+    return {}

@@ -4,11 +4,14 @@ The IPU image's stack (tensorflow-ipu 2.6, tf.keras 2.6) is not installable
 here, so its side is checked with small classes that have the shape of
 tf.keras 2.6's OptimizerV2 where it differs from Keras 3: ``variables`` a
 method, no ``build``, slots made by ``_create_all_weights``, no
-``weight_decay`` argument, no AdamW, no ``update_step``.
+``weight_decay`` argument, no AdamW, no ``update_step``; and h5py 3.1's
+``File`` without ``locking``.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import types
 
 import pytest
@@ -93,3 +96,20 @@ def test_xla_option_follows_tf_function(monkeypatch):
 
     monkeypatch.setattr(tf, "function", old_function)
     assert compat.xla_function_options() == {"experimental_compile": True}
+
+
+def test_h5_unlocked_per_file_where_h5py_can(monkeypatch):
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)
+    assert compat.h5_unlocked() == {"locking": False}
+    assert "HDF5_USE_FILE_LOCKING" not in os.environ
+
+
+def test_h5_unlocked_on_h5py_3_1(monkeypatch):
+    class File:  # h5py 3.1's File: no locking argument
+        def __init__(self, name, mode="r", driver=None, libver=None, userblock_size=None, swmr=False, **kwds):
+            pass
+
+    monkeypatch.setitem(sys.modules, "h5py", types.SimpleNamespace(File=File))
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)
+    assert compat.h5_unlocked() == {}
+    assert os.environ["HDF5_USE_FILE_LOCKING"] == "FALSE"
