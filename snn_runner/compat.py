@@ -116,3 +116,16 @@ def h5_unlocked() -> dict:
         return {"locking": False}
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
     return {}
+
+
+def nir_has_metadata() -> bool:
+    """Whether the installed nir's nodes take ``metadata`` (nir 1.0.3 on, which needs Python 3.9).
+
+    The IPU image's Python 3.8 gets nir 1.0.1, whose nodes have no such
+    field; snn-runner's NIR graphs carry their readout and dt there.
+    """
+    import dataclasses
+
+    import nir
+
+    return "metadata" in {f.name for f in dataclasses.fields(nir.LIF)}

@@ -113,3 +113,23 @@ def test_h5_unlocked_on_h5py_3_1(monkeypatch):
     monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)
     assert compat.h5_unlocked() == {}
     assert os.environ["HDF5_USE_FILE_LOCKING"] == "FALSE"
+
+
+def test_nir_export_refuses_a_nir_without_metadata(monkeypatch):
+    import dataclasses
+
+    import nir
+
+    from snn_runner.export.nir import to_nir
+
+    assert compat.nir_has_metadata()
+
+    @dataclasses.dataclass
+    class OldLIF:  # nir 1.0.1's LIF: its parameters, no metadata
+        tau: object
+        r: object
+
+    monkeypatch.setattr(nir, "LIF", OldLIF)
+    assert not compat.nir_has_metadata()
+    with pytest.raises(ValueError, match=r"NIR export needs nir >= 1.0.3"):
+        to_nir(object(), dt=0.001)
