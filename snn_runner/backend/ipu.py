@@ -12,10 +12,9 @@ UNTESTED on hardware: checked only against a stand-in for
 
 from __future__ import annotations
 
-import inspect
-
 import tensorflow as tf
 
+from snn_runner.compat import xla_function_options
 from snn_runner.ipu.backend import IpuRuntime
 from snn_runner.ipu.planner import IpuTarget, plan_layer, plan_network
 from snn_runner.neuron.lif import membrane_sequence
@@ -32,13 +31,6 @@ def _static(shape: tf.TensorShape, what: str) -> list[int]:
     if dims is None or any(d is None for d in dims):
         raise ValueError(f"the IPU ops need static shapes, but {what} has shape {shape}")
     return dims
-
-
-def _xla_option() -> dict:
-    # tensorflow-ipu's TensorFlow names the option like stock TensorFlow of
-    # its version: experimental_compile before 2.5, jit_compile since.
-    params = inspect.signature(tf.function).parameters
-    return {"jit_compile": True} if "jit_compile" in params else {"experimental_compile": True}
 
 
 class IpuBackend:
@@ -61,7 +53,7 @@ class IpuBackend:
         # function, run through the strategy, which places it on the IPU. No
         # input_signature: its unknown batch size would leave the ops
         # unplannable, so every new input shape is traced (and planned) anew.
-        compiled = tf.function(fn, **_xla_option())
+        compiled = tf.function(fn, **xla_function_options())
 
         def call(*args):
             if len(args) != len(signature):

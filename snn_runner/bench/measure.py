@@ -55,12 +55,10 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
     config, implementation resolved), so the result file's recorded config
     describes exactly what ran.
     """
-    import keras
-
+    from snn_runner import compat
     from snn_runner.backend import get_backend
     from snn_runner.data.random_events import random_events
     from snn_runner.model import NetworkSpec, Parameters, build_model
-    from snn_runner.model.optimizers import FusedAdam
     from snn_runner.model.steps import Steps
 
     cfg.validate()
@@ -72,7 +70,13 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
         params = Parameters(spec, cfg.train.seed)
         model = build_model(cfg.model.implementation, spec, params, backend)
         # training's optimizer: on the CPU Adam with the fused update (snn_runner.model.optimizers)
-        optimizer = FusedAdam(1e-3) if cfg.train.backend == "cpu" else keras.optimizers.Adam(1e-3)
+        # where Keras is Keras 3; Keras's own Adam on the IPU and under tf.keras 2.6
+        if cfg.train.backend == "cpu" and compat.fused_adam_supported():
+            from snn_runner.model.optimizers import FusedAdam
+
+            optimizer = FusedAdam(1e-3)
+        else:
+            optimizer = compat.keras().optimizers.Adam(1e-3)
     step = Steps(model, params, optimizer, data.time_steps, data.capacity, None, backend)
     ids, count, labels = data.ids, data.count, data.labels
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from snn_runner.compat import h5_unlocked
 from snn_runner.data.errors import CacheError
 from snn_runner.files import atomic_h5, stale_temporaries
 
@@ -212,7 +213,7 @@ class EntryWriter:
 def read_entry(path: Path, key: str) -> Entry:
     """The whole entry, checked; ``CacheEntryInvalid`` when anything is off."""
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with h5py.File(path, "r", **h5_unlocked()) as f:
             attrs = dict(f.attrs)
             if attrs.get("complete") != 1:
                 raise CacheEntryInvalid("incomplete (the build that wrote it was interrupted)")

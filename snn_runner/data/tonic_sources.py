@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from snn_runner.compat import h5_unlocked
 from snn_runner.data.errors import DatasetCorruptError, DatasetMissingError
 
 SPLITS = ("train", "test")
@@ -251,7 +252,7 @@ def check_shd_file(spec: SourceSpec, path: Path) -> int:
     import h5py
 
     try:
-        f = h5py.File(path, "r", locking=False)
+        f = h5py.File(path, "r", **h5_unlocked())
     except (OSError, ValueError) as err:
         raise corrupt(spec, path, f"not a readable HDF5 file ({_short(err)})") from err
     with f:
@@ -403,7 +404,7 @@ def _shd_problem(ds, index: int, problem: str) -> tuple[str, str | None]:
     import h5py
 
     try:
-        with h5py.File(Path(ds.location_on_system) / ds.data_filename, "r", locking=False) as f:
+        with h5py.File(Path(ds.location_on_system) / ds.data_filename, "r", **h5_unlocked()) as f:
             n_t, n_u = len(f["spikes/times"][index]), len(f["spikes/units"][index])
     except Exception:  # the original error stands  # noqa: BLE001
         return problem, None

@@ -43,6 +43,7 @@ from pathlib import Path
 import nir
 import numpy as np
 
+from snn_runner import compat
 from snn_runner.files import atomic_write
 from snn_runner.results.network import SavedNetwork
 
@@ -133,6 +134,11 @@ def to_nir(net: SavedNetwork, dt: float | None = None) -> nir.NIRGraph:
     dt = float(dt)
     if not (math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt must be a positive number of seconds, not {dt}")
+    if not compat.nir_has_metadata():
+        # a graph without its readout and dt would be read as another network
+        raise ValueError("the installed nir cannot hold the graph's metadata (readout, dt); NIR export needs "
+                         "nir >= 1.0.3, which needs Python >= 3.9: export the result file with the CPU image "
+                         "or a host install")
     if net.readout not in READOUT_RULES:
         raise ValueError(f"readout {net.readout!r} has no NIR mapping here; expected one of "
                          f"{', '.join(READOUT_RULES)}")

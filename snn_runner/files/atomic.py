@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from snn_runner.compat import h5_unlocked
+
 TMP_SUFFIX = ".tmp"
 # Temporaries without a host in their name (older versions) are removed only
 # when their process is not running here and they have not changed for this long.
@@ -282,7 +284,7 @@ def atomic_h5(path: str | os.PathLike, verify: Callable | None = None, **h5_opti
     del f
 
     def check(tmp: Path) -> None:
-        with h5py.File(tmp, "r", locking=False) as back:  # private until renamed: no lock needed
+        with h5py.File(tmp, "r", **h5_unlocked()) as back:  # private until renamed: no lock needed
             dict(back.attrs)
             if verify is not None:
                 verify(back)

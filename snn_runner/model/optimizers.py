@@ -7,6 +7,9 @@ does the same update, m and v included, in one pass over the variable.
 Everything else stays Keras's: the learning-rate schedule, the decoupled
 weight decay (applied before ``update_step``), the step counter and the m / v
 slot variables, so checkpoints and resume are unchanged.
+
+Keras 3 only (it overrides Keras 3's ``update_step``; tf.keras 2.6 has no
+AdamW): import this module only where ``snn_runner.compat.fused_adam_supported()``.
 """
 
 from __future__ import annotations
