@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "snn_runner"
 
 # Lowest first. A module may import its own package and any package of an earlier layer.
 LAYERS = [
+    ("compat",),     # what differs between the CPU stack and the IPU image's (Python 3.8, tf.keras 2.6)
     ("console", "files"),  # quiet TensorFlow start-up; atomic writer, output layout
     ("config",),     # validated run configuration
     ("jobs",),       # job files -> configurations

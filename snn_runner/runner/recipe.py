@@ -45,12 +45,12 @@ def learning_rate_at(cfg: TrainConfig, steps_per_epoch: int, step: int) -> float
 
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
     """``train.learning_rate`` as a float (constant, no warm-up: Keras's own variable) or a per-step schedule."""
-    import keras
+    from snn_runner import compat
 
     if cfg.schedule == "constant" and warmup_steps(cfg, steps_per_epoch) == 0:
         return cfg.learning_rate
 
-    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    class WarmupCosine(compat.keras().optimizers.schedules.LearningRateSchedule):
         """Linear warm-up, then constant or cosine decay; driven by the optimizer's ``iterations``."""
 
         def __init__(self, learning_rate, lr_min, warmup, total, cosine):
@@ -85,16 +85,15 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     (``w <- w - lr * weight_decay * w`` before the update), so it is honoured
     for adam, sgd and rmsprop too; adamw is Adam with it (and needs it > 0).
     """
-    import keras
+    from snn_runner import compat
 
-    kwargs = {"weight_decay": cfg.weight_decay} if cfg.weight_decay > 0 else {}
-    cls = getattr(keras.optimizers, OPTIMIZERS[cfg.optimizer])
-    if cfg.backend == "cpu" and cfg.optimizer in ("adam", "adamw"):
+    cls = compat.optimizer_class(OPTIMIZERS[cfg.optimizer])
+    if cfg.backend == "cpu" and cfg.optimizer in ("adam", "adamw") and compat.fused_adam_supported():
         from snn_runner.model.optimizers import FusedAdam, FusedAdamW
 
         # the same update in one kernel per variable (the IPU compiles Keras's own ops)
         cls = FusedAdam if cfg.optimizer == "adam" else FusedAdamW
-    return cls(make_schedule(cfg, steps_per_epoch), **kwargs)
+    return compat.new_optimizer(cls, make_schedule(cfg, steps_per_epoch), cfg.weight_decay)
 
 
 def threshold2_fraction_at(cfg: ModelConfig, epoch: int) -> float:

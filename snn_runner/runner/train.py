@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from snn_runner import compat
 from snn_runner.config import ConfigError, RunConfig
 from snn_runner.data import load_splits
 from snn_runner.data.events import EventSet
@@ -203,7 +204,7 @@ def _run(cfg: RunConfig, ckpt_path, log, stop, init, workers) -> TrainRecord:
         params = Parameters(spec, cfg.train.seed, threshold2_variable=anneal)
         model = build_model(implementation, spec, params, backend)
         optimizer = make_optimizer(cfg.train, steps_per_epoch)
-        optimizer.build(params.trainable)
+        compat.build_optimizer(optimizer, params.trainable)
     penalty = None
     if cfg.train.rate_strength > 0:
         penalty = rate_penalty(cfg.train.rate_low, cfg.train.rate_high, cfg.train.rate_strength,
@@ -233,14 +234,14 @@ def _run(cfg: RunConfig, ckpt_path, log, stop, init, workers) -> TrainRecord:
         # the best-validation weights, when there are some, follow the current ones
         weights, best_weights = weights[:len(params.trainable)], weights[len(params.trainable):] or None
         expected = [tuple(v.shape) for v in (*params.trainable, *(params.trainable if best_weights else ()),
-                                             *optimizer.variables)]
+                                             *compat.optimizer_variables(optimizer))]
         found = [tuple(np.shape(v)) for v in (*weights, *(best_weights or ()), *slots)]
         if found != expected:
             raise checkpoint.CheckpointCorrupt(f"checkpoint {ckpt_path} holds arrays of shapes {found}, this run needs "
                                                f"{expected}; delete it to start afresh")
         for var, value in zip(params.trainable, weights):
             var.assign(value)
-        for var, value in zip(optimizer.variables, slots):
+        for var, value in zip(compat.optimizer_variables(optimizer), slots):
             var.assign(value)
         state.resumes += 1
         log(f"resume: from {ckpt_path} at epoch {state.epoch}, batch {state.batch}")
@@ -249,7 +250,7 @@ def _run(cfg: RunConfig, ckpt_path, log, stop, init, workers) -> TrainRecord:
         if rank != 0:
             return  # one writer: the other workers hold the same state
         checkpoint.save(ckpt_path, state, [w.numpy() for w in params.trainable] + (best_weights or []),
-                        [v.numpy() for v in optimizer.variables], identity_json)
+                        [v.numpy() for v in compat.optimizer_variables(optimizer)], identity_json)
 
     log(f"train: {implementation} on {backend.name}, network {list(spec.sizes)} capacities "
         f"{list(spec.capacities)} on {cfg.data.dataset} ({len(train_set)} train / {len(test_set)} test samples, "
