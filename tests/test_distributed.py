@@ -133,6 +133,7 @@ def _wait_for_save(ckpt: Path, after: float, launcher: subprocess.Popen) -> None
     pytest.fail("no checkpoint was saved: " + launcher.communicate()[1][-3000:])
 
 
+@pytest.mark.slow
 def test_signalled_and_killed_workers_stop_the_run_and_reruns_resume_it(tmp_path):
     args = ["train", *TINY, "--implementation", "sparse_layer", "--epochs", "80"]
     result = tmp_path / "run.h5"
