@@ -99,23 +99,25 @@ def test_two_local_workers_equal_one_process(implementation, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".h5") == ["one.h5", "two.h5"]
 
 
-def _worker_pids(launcher_pid: int) -> dict[int, int]:
-    """rank -> pid of the workers a `--workers` launcher started (from their environment)."""
-    found = {}
+def _processes():
+    """(pid, parent pid, environment, command line) of every process we may read."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            environ = (entry / "environ").read_bytes().split(b"\0")
+            environ = dict(item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0")
+                           if b"=" in item)
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) != launcher_pid:
-            continue
-        for item in environ:
-            if item.startswith(b"SNN_RUNNER_WORKERS="):
-                found[json.loads(item.split(b"=", 1)[1])["rank"]] = int(entry.name)
-    return found
+        yield int(entry.name), int(stat.rsplit(")", 1)[1].split()[1]), environ, cmdline
+
+
+def _worker_pids(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the workers a `--workers` launcher started (from their environment)."""
+    return {json.loads(env[b"SNN_RUNNER_WORKERS"])["rank"]: pid for pid, ppid, env, _ in _processes()
+            if ppid == launcher_pid and b"SNN_RUNNER_WORKERS" in env}
 
 
 def _start(args, result: Path, cwd: Path) -> subprocess.Popen:
@@ -211,6 +213,19 @@ def _wait_result(slurm_cluster, job_id, out: Path, timeout: float = 420) -> Path
     return next(out.glob("*.h5"))
 
 
+def _submit_long_run(name: str, tmp_path: Path) -> tuple[Path, Path, str]:
+    """A 2-task run of about 20 s, submitted and past its first checkpoint: (job file, output, job id)."""
+    job = tmp_path / f"{name}.yaml"
+    job.write_text(JOB.format(name=name, hidden=128, steps=60, samples=150, epochs=100))
+    out = tmp_path / "out"
+    job_id = _submit(job, out, tmp_path)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(out.glob(".*.ckpt")):
+        time.sleep(0.5)
+    assert list(out.glob(".*.ckpt")), "the run never saved a checkpoint"
+    return job, out, job_id
+
+
 def _straight(job: Path, tmp_path: Path, *workers: str) -> Path:
     """The job's run uninterrupted, outside Slurm (in one process, or with ``--workers N``)."""
     run = cli("train", str(job), "--output-dir", str(tmp_path / "straight"), *workers, cwd=tmp_path, timeout=600)
@@ -237,14 +252,7 @@ def test_two_slurm_tasks_train_one_run_equal_to_one_process(slurm_cluster, tmp_p
 
 @pytest.mark.slurm
 def test_requeued_two_task_run_resumes_both_and_equals_uninterrupted(slurm_cluster, tmp_path):  # noqa: F811
-    job = tmp_path / "requeue.yaml"
-    job.write_text(JOB.format(name="requeue", hidden=128, steps=60, samples=150, epochs=100))
-    out = tmp_path / "out"
-    job_id = _submit(job, out, tmp_path)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(out.glob(".*.ckpt")):
-        time.sleep(0.5)
-    assert list(out.glob(".*.ckpt")), "the run never saved a checkpoint"
+    job, out, job_id = _submit_long_run("requeue", tmp_path)
     requeue = slurm_cluster.run("scontrol", "requeue", job_id, check=False)
     assert requeue.returncode == 0, requeue.stderr
     path = _wait_result(slurm_cluster, job_id, out, timeout=600)
@@ -256,31 +264,16 @@ def test_requeued_two_task_run_resumes_both_and_equals_uninterrupted(slurm_clust
 
 
 def _slurm_task_pid(job_id: str, rank: int) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = dict(item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0")
-                           if b"=" in item)
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if (environ.get(b"SLURM_JOB_ID") == job_id.encode() and environ.get(b"SLURM_PROCID") == str(rank).encode()
+    for pid, _, env, cmdline in _processes():
+        if (env.get(b"SLURM_JOB_ID") == job_id.encode() and env.get(b"SLURM_PROCID") == str(rank).encode()
                 and b"submitit.core._submit" in cmdline):
-            return int(entry.name)
+            return pid
     return None
 
 
 @pytest.mark.slurm
 def test_killed_slurm_worker_fails_the_job_with_its_rank_and_a_resubmit_resumes(slurm_cluster, tmp_path):  # noqa: F811
-    job = tmp_path / "kill.yaml"
-    job.write_text(JOB.format(name="kill", hidden=128, steps=60, samples=150, epochs=100))
-    out = tmp_path / "out"
-    job_id = _submit(job, out, tmp_path)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(out.glob(".*.ckpt")):
-        time.sleep(0.5)
-    assert list(out.glob(".*.ckpt")), "the run never saved a checkpoint"
+    job, out, job_id = _submit_long_run("kill", tmp_path)
     pid = _slurm_task_pid(job_id, 1)
     assert pid is not None, "rank 1's process not found"
     os.kill(pid, signal.SIGKILL)
