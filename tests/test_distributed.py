@@ -321,3 +321,24 @@ def test_the_ipu_backend_refuses_several_workers(tmp_path):
     cfg = RunConfig(train=TrainConfig(backend="ipu"))
     with pytest.raises(ConfigError, match="train.backend: ipu cannot run with several workers"):
         train(cfg, tmp_path / "x.ckpt", workers=Workers(0, ("localhost:1", "localhost:2")))
+
+
+def test_a_worker_whose_peers_never_come_stops_with_an_error_in_bounded_time(tmp_path):
+    env = {**os.environ, "SNN_RUNNER_WORKER_STARTUP_S": "8",
+           "SNN_RUNNER_WORKERS": Workers(0, ("localhost:1", "localhost:2")).to_env()}
+    env["SNN_RUNNER_WORKERS"] = env["SNN_RUNNER_WORKERS"].replace("localhost:1", f"localhost:{_free_port()}")
+    started = time.monotonic()
+    run = cli("train", *TINY, "--workers", "2", "-o", str(tmp_path / "r.h5"), cwd=tmp_path, timeout=120, env=env)
+    assert time.monotonic() - started < 60
+    assert run.returncode != 0
+    assert "Error: not every one of the 2 workers joined within 8 s (rank 0 on localhost waited)" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "r.h5").exists() and not checkpoint_for(tmp_path / "r.h5").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,34 +8,71 @@ collectives are ring all-reduces over gRPC between the workers
 on CPU-only workers is the same ring). A lost worker is noticed by
 TensorFlow's coordination service when its heartbeats stop (about 10 s here);
 the collectives of the others then fail with ``UnavailableError``, which
-``worker_failure`` turns into one line naming the rank and host.
+``worker_failure`` turns into one line naming the rank and host. A worker
+that never joins is caught by ``make_strategy``'s watchdog.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import subprocess
+import sys
 
 from snn_runner.distribute.cluster import Workers
 
 STARTUP_TIMEOUT_S = 180  # every worker must join within this, or the run stops (no wait until the time limit)
+STARTUP_ENV = "SNN_RUNNER_WORKER_STARTUP_S"  # another bound, in seconds (slow shared file systems; the tests)
 
 
 class WorkerLost(RuntimeError):
     """A worker of a multi-worker run died or cannot be reached; the checkpoint of the last epoch is intact."""
 
 
+def startup_timeout() -> int:
+    text = os.environ.get(STARTUP_ENV, "")
+    return int(text) if text.isdigit() and int(text) > 0 else STARTUP_TIMEOUT_S
+
+
+# The watchdog of make_strategy: a separate small process, because TensorFlow holds the interpreter
+# lock while it waits for the cluster (no Python thread or signal handler runs then).
+_WATCHDOG = """
+import os, select, signal, sys
+ready, _, _ = select.select([sys.stdin], [], [], float(sys.argv[1]))
+if not ready:
+    print(sys.argv[2], file=sys.stderr, flush=True)
+    os.kill(int(sys.argv[3]), signal.SIGKILL)
+"""
+
+
 def make_strategy(workers: Workers):
+    """The strategy of ``workers``; the process is ended with an ``Error:`` line when not all join in time.
+
+    TensorFlow waits without a bound for the workers of its cluster to come up,
+    inside its C++ context set-up where no exception can reach it, so a
+    watchdog process kills this one after ``startup_timeout()`` seconds.
+    Nothing has been written by then.
+    """
     import tensorflow as tf
-    from tensorflow.python.distribute import collective_all_reduce_strategy
 
     implementation = {"auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
                       "ring": tf.distribute.experimental.CommunicationImplementation.RING}[workers.communication]
-    # Without a bound the first collective waits forever for a worker that never starts.
-    collective_all_reduce_strategy.CollectiveAllReduceExtended._check_health_initial_timeout = STARTUP_TIMEOUT_S
     options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=workers.resolver(),
-                                                     communication_options=options)
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(startup_timeout()),
+                                 f"Error: {_not_joined(workers)}", str(os.getpid())], stdin=subprocess.PIPE)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=workers.resolver(),
+                                                         communication_options=options)
+    finally:
+        watchdog.stdin.close()  # (its select returns: the cluster is up, or this process is going anyway)
+        watchdog.wait()
+
+
+def _not_joined(workers: Workers) -> WorkerLost:
+    return WorkerLost(f"not every one of the {workers.world_size} workers joined within {startup_timeout()} s "
+                      f"(rank {workers.rank} on {workers.host_of(workers.rank)} waited); check the other tasks' "
+                      "logs, then submit or run the command again")
 
 
 class Collectives:
@@ -99,9 +136,3 @@ def failures_named(workers: Workers):
         yield
     except lost as err:
         raise worker_failure(err, workers, "in a collective") from None
-    except RuntimeError as err:
-        if "waiting for the cluster" not in str(err):
-            raise
-        raise WorkerLost(f"not every one of the {workers.world_size} workers joined within {STARTUP_TIMEOUT_S} s "
-                         f"(rank {workers.rank} on {workers.host_of(workers.rank)} waited); check the other tasks' "
-                         "logs, then submit again") from None
