@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/profile.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "common/threading.h"
@@ -79,6 +80,7 @@ struct BwdScratch {
 
 // Everything the units of one layer share.
 struct BwdPass {
+  int layer;  // index, for the phase timers
   const BwdLayer* L;
   const BwdLayer* prev;  // null for the first layer (input spikes)
   BwdPlan plan;
@@ -180,18 +182,22 @@ void BackwardTile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, in
   const int64_t wp = RoundUp(w, kLanes);
   const int64_t nch = wp / kLanes;
   const bool need_ds = P.prev != nullptr;
-  if (need_ds) PackTile(L.wt, L.n_in, L.n_out, c0, w, wp, s.Wp);
-  std::fill(s.dWp, s.dWp + L.n_in * wp, 0.f);
-  for (int64_t i = 0; i < wp; ++i) {
-    const float a = i < w ? L.alpha[c0 + i] : 0.f;
-    s.al[i] = a;
-    s.cf[i] = i < w ? (1.f - a) * P.c_in : 0.f;
+  {
+    const ProfTimer timer(P.layer, kProfBwdSetup);
+    if (need_ds) PackTile(L.wt, L.n_in, L.n_out, c0, w, wp, s.Wp);
+    std::fill(s.dWp, s.dWp + L.n_in * wp, 0.f);
+    for (int64_t i = 0; i < wp; ++i) {
+      const float a = i < w ? L.alpha[c0 + i] : 0.f;
+      s.al[i] = a;
+      s.cf[i] = i < w ? (1.f - a) * P.c_in : 0.f;
+    }
   }
   const int64_t T = P.T, S = P.plan.S;
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const int64_t b0 = blk * S, b1 = std::min(P.B, b0 + S);
     // eps recursion of this tile; gI rows go to G for the event pass.
     {
+      const ProfTimer timer(P.layer, kProfBwdEps);
       for (int64_t b = b0; b < b1; ++b) {
         std::fill(s.eps, s.eps + wp, 0.f);
         for (int64_t t = T - 1; t >= 0; --t) {
@@ -228,6 +234,7 @@ void BackwardTile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, in
         }
       }
     }
+    const ProfTimer timer(P.layer, kProfBwdEvents);
     const int32_t* off = P.off + blk * (L.n_in + 1);
     const Event* ev = P.ev + blk * S * T * P.plan.kev;
     for (int64_t j = 0; j < L.n_in; ++j) {
@@ -283,6 +290,7 @@ void BackwardTile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, in
   }
   // Range 0 owns the output columns; other ranges (narrow layers only) keep
   // their own copy, summed once all units finished.
+  const ProfTimer timer(P.layer, kProfBwdStore);
   if (range == 0) {
     for (int64_t j = 0; j < L.n_in; ++j) {
       std::memcpy(L.dw + j * L.n_out + c0, s.dWp + j * wp, w * sizeof(float));
@@ -301,6 +309,7 @@ void BackwardTile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, in
 absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
                          const std::vector<BwdLayer>& layers, float input_scale,
                          const float* grad_logits) {
+  const ProfTimer wall(1, kProfWall);
   const int N = static_cast<int>(layers.size());
   const int64_t B = in.B, T = in.T, K0 = in.K0;
   const CpuPool pool(ctx);
@@ -393,6 +402,7 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
     const BwdLayer& L = layers[l];
     const BwdPlan& p = plans[l];
     BwdPass P;
+    P.layer = l;
     P.L = &L;
     P.prev = l > 0 ? &layers[l - 1] : nullptr;
     P.plan = p;
@@ -405,6 +415,7 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
     P.ev = ev;
     P.priv = priv;
     pool.ForEachUnit(p.nblk, [&](int64_t blk, int) {
+      const ProfTimer timer(l, kProfBwdBucket);
       BucketEvents(P, in, blk, off + blk * (L.n_in + 1), ev + blk * p.S * T * p.kev);
     });
     const int64_t Kp = l > 0 ? layers[l - 1].K : 0;
@@ -423,6 +434,7 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
       const int64_t t1 = (grp + 1) * p.tiling.ntiles / p.ngroups;
       for (int64_t tile = t0; tile < t1; ++tile) BackwardTile(P, tile, blk0, blk1, range, my_dsp, s);
     });
+    const ProfTimer reduce_timer(l, kProfBwdReduce);
     if (p.nsb > 1) {
       // Sum the other ranges' gradients into the output (narrow layers
       // only, so this is small).

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/profile.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "common/threading.h"
@@ -223,6 +224,7 @@ void WriteSlots(const Layer& L, int64_t T, int64_t b0, int64_t b1, float beta,
 absl::Status LifForward(OpKernelContext* ctx, const LifInput& in,
                         const std::vector<FwdLayer>& fwd_layers, float input_scale, float beta,
                         float* logits) {
+  const ProfTimer wall(0, kProfWall);
   const int N = static_cast<int>(fwd_layers.size());
   const int64_t B = in.B, T = in.T, K0 = in.K0;
   std::vector<Layer> layers(N);
@@ -278,6 +280,7 @@ absl::Status LifForward(OpKernelContext* ctx, const LifInput& in,
     for (int64_t k = 0; k < layers[l].tiling.ntiles; ++k) pack_units.emplace_back(l, k);
   }
   pool.ForEachUnit(pack_units.size(), [&](int64_t u, int) {
+    const ProfTimer timer(pack_units[u].first, kProfFwdPack);
     PackForwardTile(layers[pack_units[u].first], pack_units[u].second, input_scale);
   });
 
@@ -288,11 +291,15 @@ absl::Status LifForward(OpKernelContext* ctx, const LifInput& in,
     const int64_t b0 = blk * sb, b1 = std::min(B, b0 + sb);
     for (int l = 0; l < N; ++l) {
       const Layer& L = layers[l];
-      std::fill(s.nspk, s.nspk + (b1 - b0) * T, 0);
-      std::fill(s.ncar, s.ncar + (b1 - b0) * T, 0);
-      for (int64_t tile = 0; tile < L.tiling.ntiles; ++tile) {
-        IntegrateTile(L, l > 0 ? &layers[l - 1] : nullptr, in, b0, b1, tile, s);
+      {
+        const ProfTimer timer(l, kProfFwdIntegrate);
+        std::fill(s.nspk, s.nspk + (b1 - b0) * T, 0);
+        std::fill(s.ncar, s.ncar + (b1 - b0) * T, 0);
+        for (int64_t tile = 0; tile < L.tiling.ntiles; ++tile) {
+          IntegrateTile(L, l > 0 ? &layers[l - 1] : nullptr, in, b0, b1, tile, s);
+        }
       }
+      const ProfTimer timer(l, kProfFwdSlots);
       WriteSlots(L, T, b0, b1, beta, s, l == N - 1 ? logits : nullptr);
     }
   });
