@@ -158,6 +158,7 @@ def main():
     parser.add_argument("--max-activity", type=float, action="append")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--no-trace", action="store_true", help="only the fused op's phase timers")
     args = parser.parse_args()
 
     from snn_runner.bench.measure import prepare_case
@@ -187,7 +188,8 @@ def main():
             peak = calibrate()["gops"]
             if impl == "sparse_layer":
                 phase_table(case, counters, args.steps, peak, case.threads)
-            trace_table(step, data, args.steps)
+            if not args.no_trace:
+                trace_table(step, data, args.steps)
 
 
 if __name__ == "__main__":

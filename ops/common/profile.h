@@ -1,5 +1,9 @@
 // Phase timers of the fused op, for scripts/profile_step.py: where a call's
 // time goes, per layer and per phase, summed over the threads that ran it.
+// Phases count the running thread's CPU time, not wall time, because this
+// machine is shared: a thread that is descheduled mid-phase would otherwise
+// charge another tenant's time to it. kProfWall and kProfBwdReduce (which
+// spans a parallel section run from the calling thread) are wall time.
 //
 // Off unless the environment variable SNN_OPS_PROFILE is set (to anything
 // but "0") when the library first times something: the variable is read
@@ -49,9 +53,9 @@ inline bool Profiling() {
   return on;
 }
 
-inline int64_t ProfNowNs() {
+inline int64_t ProfNowNs(clockid_t clock) {
   timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(clock, &ts);
   return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
 
@@ -60,15 +64,20 @@ class ProfTimer {
  public:
   ProfTimer(int layer, ProfPhase phase)
       : index_(layer < kProfMaxLayers ? layer * kProfPhases + phase : -1),
-        start_(Profiling() && index_ >= 0 ? ProfNowNs() : 0) {}
+        clock_(phase == kProfWall || phase == kProfBwdReduce ? CLOCK_MONOTONIC
+                                                              : CLOCK_THREAD_CPUTIME_ID),
+        start_(Profiling() && index_ >= 0 ? ProfNowNs(clock_) : 0) {}
   ~ProfTimer() {
-    if (start_ != 0) ProfCounters()[index_].fetch_add(ProfNowNs() - start_, std::memory_order_relaxed);
+    if (start_ != 0) {
+      ProfCounters()[index_].fetch_add(ProfNowNs(clock_) - start_, std::memory_order_relaxed);
+    }
   }
   ProfTimer(const ProfTimer&) = delete;
   ProfTimer& operator=(const ProfTimer&) = delete;
 
  private:
   int index_;
+  clockid_t clock_;
   int64_t start_;
 };
 
