@@ -111,8 +111,8 @@ inline void AddScaledRow(float* __restrict y, const float* __restrict r,
 
 // Float reductions are not reassociated by the compiler without -ffast-math,
 // so the partial sums are spelled out: 16 lanes map onto SIMD registers, and
-// several independent accumulator chains hide the add/FMA latency. Dot4
-// reuses each load of `b` for four dot products.
+// several independent accumulator chains hide the add/FMA latency. DotAxpy4
+// reuses each load of the weight row for four dot products.
 constexpr int kLanes = 16;
 
 inline float Reduce(const float* acc) {
@@ -145,27 +145,40 @@ inline float Dot(const float* __restrict a, const float* __restrict b,
   return Reduce(acc[0]) + tail;
 }
 
-inline void Dot4(const float* __restrict a0, const float* __restrict a1,
-                 const float* __restrict a2, const float* __restrict a3,
-                 const float* __restrict b, int64_t n, float out[4]) {
+// The gradient of one weight row w for four slots naming it, in one pass
+// over their grad_y rows g0..g3: out[q] = w . g_q (every slot), and
+// gw += f_q * g_q (f_q is the slot's value for a spike, 0 for a carrier,
+// which did not contribute to y). The grad_y rows of T*B = 4800 steps
+// (28 MB on the benchmark network) do not stay in cache, and the separate
+// axpy and dot passes read each of them twice from L3 or memory: that made
+// this op half of sparse_ops' training step.
+inline void DotAxpy4(const float* __restrict w, float* __restrict gw,
+                     const float* __restrict g0, const float* __restrict g1,
+                     const float* __restrict g2, const float* __restrict g3,
+                     const float f[4], int64_t n, float out[4]) {
   float acc0[kLanes] = {0.f}, acc1[kLanes] = {0.f}, acc2[kLanes] = {0.f},
         acc3[kLanes] = {0.f};
+  const float f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3];
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const float x = b[j + l];
-      acc0[l] += a0[j + l] * x;
-      acc1[l] += a1[j + l] * x;
-      acc2[l] += a2[j + l] * x;
-      acc3[l] += a3[j + l] * x;
+      const float x = w[j + l];
+      const float a0 = g0[j + l], a1 = g1[j + l], a2 = g2[j + l], a3 = g3[j + l];
+      acc0[l] += a0 * x;
+      acc1[l] += a1 * x;
+      acc2[l] += a2 * x;
+      acc3[l] += a3 * x;
+      gw[j + l] += f0 * a0 + f1 * a1 + f2 * a2 + f3 * a3;
     }
   }
   float t0 = 0.f, t1 = 0.f, t2 = 0.f, t3 = 0.f;
   for (; j < n; ++j) {
-    t0 += a0[j] * b[j];
-    t1 += a1[j] * b[j];
-    t2 += a2[j] * b[j];
-    t3 += a3[j] * b[j];
+    const float x = w[j];
+    t0 += g0[j] * x;
+    t1 += g1[j] * x;
+    t2 += g2[j] * x;
+    t3 += g3[j] * x;
+    gw[j] += f0 * g0[j] + f1 * g1[j] + f2 * g2[j] + f3 * g3[j];
   }
   out[0] = Reduce(acc0) + t0;
   out[1] = Reduce(acc1) + t1;
@@ -310,40 +323,31 @@ class SparseBinaryMatmulGradOp : public OpKernel {
         const int64_t m = io.row_start[r + 1] - io.row_start[r];
 
         // grad_weights[r] = sum over spike slots naming r of value * grad_y[b]
-        // (carriers are excluded: they did not contribute to y).
+        // (carriers are excluded: they did not contribute to y), and
+        // grad_values[s] = w[r] . grad_y[b] for every slot naming r, spikes
+        // and carriers alike, four slots per pass over their grad_y rows.
+        // Results go to a buffer in row order: written straight into
+        // grad_values, neighbouring slots would belong to different threads
+        // and the cache lines would ping-pong.
         std::memset(gw_row, 0, sizeof(float) * n);
-        const float* gy[4];
-        float val[4];
-        int pending = 0;
-        for (int64_t e = 0; e < m; ++e) {
-          const int64_t s = slot[e];
+        auto factor = [&v](int64_t s) {
           const int64_t b = s / v.slots;
-          if (s - b * v.slots >= v.count[b]) continue;
-          gy[pending] = io.grad_y + b * n;
-          val[pending++] = v.values[s];
-          if (pending == 4) {
-            AddScaledRows4(gw_row, gy[0], gy[1], gy[2], gy[3], val[0], val[1],
-                           val[2], val[3], n);
-            pending = 0;
-          }
-        }
-        for (int i = 0; i < pending; ++i) AddScaledRow(gw_row, gy[i], val[i], n);
-
-        // grad_values[s] = w[r] . grad_y[b] for every slot naming r,
-        // spikes and carriers alike. Results go to a buffer in row order:
-        // written straight into grad_values, neighbouring slots would belong
-        // to different threads and the cache lines would ping-pong.
+          return s - b * v.slots < v.count[b] ? v.values[s] : 0.f;
+        };
         int64_t e = 0;
         for (; e + 4 <= m; e += 4) {
-          float out[4];
-          Dot4(io.grad_y + (slot[e] / v.slots) * n,
-               io.grad_y + (slot[e + 1] / v.slots) * n,
-               io.grad_y + (slot[e + 2] / v.slots) * n,
-               io.grad_y + (slot[e + 3] / v.slots) * n, w_row, n, out);
-          for (int i = 0; i < 4; ++i) dots[e + i] = out[i];
+          const float f[4] = {factor(slot[e]), factor(slot[e + 1]),
+                              factor(slot[e + 2]), factor(slot[e + 3])};
+          DotAxpy4(w_row, gw_row, io.grad_y + (slot[e] / v.slots) * n,
+                   io.grad_y + (slot[e + 1] / v.slots) * n,
+                   io.grad_y + (slot[e + 2] / v.slots) * n,
+                   io.grad_y + (slot[e + 3] / v.slots) * n, f, n, dots + e);
         }
         for (; e < m; ++e) {
-          dots[e] = Dot(io.grad_y + (slot[e] / v.slots) * n, w_row, n);
+          const float* gy = io.grad_y + (slot[e] / v.slots) * n;
+          const float f = factor(slot[e]);
+          if (f != 0.f) AddScaledRow(gw_row, gy, f, n);
+          dots[e] = Dot(gy, w_row, n);
         }
       }
     };

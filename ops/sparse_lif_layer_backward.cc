@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/profile.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "common/threading.h"
@@ -36,9 +37,6 @@ constexpr int64_t kBwdTileBytes = SNN_BWD_TILE_BYTES;
 constexpr int64_t kBwdTile0Bytes = SNN_BWD_TILE0_BYTES;
 // gI rows of one sample block, read at random by the events: kept in L2.
 constexpr int64_t kBwdGBytes = SNN_BWD_G_BYTES;
-// Up to this many filled slots a linear scan finds a tile's slots faster
-// than binary searches.
-constexpr int64_t kLinearSlots = 24;
 // Upper bound on ds partial buffers in the backward pass (one per tile group).
 constexpr int kMaxGroups = 16;
 #ifndef SNN_BWD_PLAN_UNITS
@@ -67,6 +65,18 @@ struct BwdPlan {
   int64_t kev;      // event slots per step (K0 or K of the previous layer)
 };
 
+// One filled slot of this layer, bucketed by the column tile its neuron is
+// in: the column within the tile and the slot's d loss / d u (ds times the
+// surrogate), which the eps recursion adds in.
+// Up to this many slots per step the eps recursion scans a step's slots for
+// its tile's (cheaper than bucketing them first); above, it uses the buckets.
+constexpr int64_t kLinearSlots = 24;
+
+struct SlotEntry {
+  int32_t col;
+  float v;
+};
+
 struct BwdScratch {
   float* Wp;   // packed weight tile [n_in, wp]
   float* dWp;  // gradient tile [n_in, wp]
@@ -74,11 +84,11 @@ struct BwdScratch {
   float* al;
   float* cf;
   float* eps;
-  float* acc;
 };
 
 // Everything the units of one layer share.
 struct BwdPass {
+  int layer;  // index, for the phase timers
   const BwdLayer* L;
   const BwdLayer* prev;  // null for the first layer (input spikes)
   BwdPlan plan;
@@ -88,6 +98,8 @@ struct BwdPass {
   float* dsp;          // [ngroups, B, T, K_prev]
   const int32_t* off;  // [nblk, n_in + 1] CSR offsets by presynaptic neuron
   const Event* ev;     // [nblk, S * T * kev]
+  const int32_t* soff;      // [ntiles * B * T + 1] CSR offsets by (tile, b, t)
+  const SlotEntry* slots;  // the filled slots in that order
   float* priv;         // [ntiles, nsb - 1, n_in, pad]
 };
 
@@ -129,6 +141,43 @@ void BucketEvents(const BwdPass& P, const LifInput& in, int64_t blk, int32_t* of
   off[0] = 0;
 }
 
+// Buckets the filled slots of the layer by (column tile, sample, step), so
+// that the eps recursion of a tile visits only its own slots at each step,
+// for layers with K > kLinearSlots. Before, each tile and step found its
+// slots with binary searches in the step's spikes and carriers:
+// mispredicted branches per tile and step that, at K = 74 (max_activity
+// 0.05), took three times as long as the recursion itself. Keys of different (b, t) never collide, so samples are bucketed in
+// parallel; soff must hold ntiles * B * T + 1 entries.
+void BucketSlots(const CpuPool& pool, int layer, const BwdLayer& L, const Tiling& tiling, int64_t B,
+                 int64_t T, const float* ds, int32_t* col_tile, int32_t* soff,
+                 SlotEntry* slots) {
+  const int64_t BT = B * T, K = L.K;
+  for (int64_t k = 0; k < tiling.ntiles; ++k) {
+    std::fill(col_tile + tiling.begin(k), col_tile + tiling.end(k), static_cast<int32_t>(k));
+  }
+  std::fill(soff, soff + tiling.ntiles * BT + 1, 0);
+  const int64_t parts = std::min<int64_t>(B, 4 * pool.NumThreads());
+  auto for_parts = [&](auto&& fn) {
+    pool.ForEachUnit(parts, [&](int64_t part, int) {
+      const ProfTimer timer(layer, kProfBwdBucket);
+      for (int64_t bt = part * B / parts * T; bt < (part + 1) * B / parts * T; ++bt) {
+        for (int64_t k = 0; k < L.filled[bt]; ++k) fn(bt, bt * K + k);
+      }
+    });
+  };
+  for_parts([&](int64_t bt, int64_t i) { ++soff[col_tile[L.ids[i]] * BT + bt + 1]; });
+  for (int64_t key = 0; key < tiling.ntiles * BT; ++key) soff[key + 1] += soff[key];
+  // As in BucketEvents: soff[key] is the fill cursor, then shifted back.
+  for_parts([&](int64_t bt, int64_t i) {
+    const int32_t id = L.ids[i];
+    const int32_t tile = col_tile[id];
+    slots[soff[tile * BT + bt]++] =
+        SlotEntry{static_cast<int32_t>(id - tiling.begin(tile)), ds[i] * L.sur[i]};
+  });
+  for (int64_t key = tiling.ntiles * BT; key > 0; --key) soff[key] = soff[key - 1];
+  soff[0] = 0;
+}
+
 // dr[chunks c..c+NC) += sum of the gI rows of n events.
 template <int NC>
 inline void AddRows(const float* G, int64_t wp, const Event* ev, int64_t n, int64_t c,
@@ -145,31 +194,53 @@ inline void AddRows(const float* G, int64_t wp, const Event* ev, int64_t n, int6
   for (int h = 0; h < NC; ++h) Store(dr + (c + h) * kLanes, Load(dr + (c + h) * kLanes) + a[h]);
 }
 
-// Returns w . g over nch chunks and, if kAccumulate, adds g to acc.
-template <bool kAccumulate>
-inline float DotRows(const float* __restrict w, const float* __restrict g, float* __restrict acc,
-                      int64_t nch) {
-  // Two partial sums measured faster than one or four here: the loads, not
-  // the FMA latency, limit this loop.
-  Vf d0 = Splat(0.f), d1 = Splat(0.f);
-  int64_t c = 0;
-  for (; c + 2 <= nch; c += 2) {
+// For NE (<= 4) events of one presynaptic neuron: adds the dot product of
+// its weight row w with each event's gI row to the event's ds partial, and
+// adds the gI rows of the transmitted ones (if kTx: any of them is) to its
+// gradient row dr. Grouping loads w and dr once per chunk for all NE events
+// instead of once per event, and Sum4 reduces the NE dot vectors together
+// instead of one horizontal sum per event and tile.
+template <int NE, bool kTx>
+inline void DotEvents(const float* __restrict w, const float* G, int64_t wp, const Event* ev,
+                      int64_t nch, float* __restrict dr, float* dsp) {
+  const float* g[NE];
+  Vf tx[NE], d[4];
+#pragma GCC unroll 4
+  for (int q = 0; q < NE; ++q) {
+    g[q] = G + (ev[q].row_tx >> 1) * wp;
+    // 1 or 0: r + g * tx is exactly r + g or r, fused or not.
+    tx[q] = Splat(static_cast<float>(ev[q].row_tx & 1));
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) d[q] = Splat(0.f);
+  for (int64_t c = 0; c < nch; ++c) {
     const int64_t i = c * kLanes;
-    const Vf g0 = Load(g + i), g1 = Load(g + i + kLanes);
-    d0 += Load(w + i) * g0;
-    d1 += Load(w + i + kLanes) * g1;
-    if (kAccumulate) {
-      Store(acc + i, Load(acc + i) + g0);
-      Store(acc + i + kLanes, Load(acc + i + kLanes) + g1);
+    const Vf wv = Load(w + i);
+    Vf r = kTx ? Load(dr + i) : Splat(0.f);
+#pragma GCC unroll 4
+    for (int q = 0; q < NE; ++q) {
+      const Vf gv = Load(g[q] + i);
+      d[q] += wv * gv;
+      if (kTx) r += gv * tx[q];
     }
+    if (kTx) Store(dr + i, r);
   }
-  if (c < nch) {
-    const int64_t i = c * kLanes;
-    const Vf g0 = Load(g + i);
-    d0 += Load(w + i) * g0;
-    if (kAccumulate) Store(acc + i, Load(acc + i) + g0);
+  float sums[4];
+  Sum4(d[0], d[1], d[2], d[3], sums);
+#pragma GCC unroll 4
+  for (int q = 0; q < NE; ++q) dsp[ev[q].out] += sums[q];
+}
+
+template <int NE>
+inline void DotEventsTx(const float* w, const float* G, int64_t wp, const Event* ev, int64_t nch,
+                        float* dr, float* dsp) {
+  bool tx = false;
+  for (int q = 0; q < NE; ++q) tx |= (ev[q].row_tx & 1) != 0;
+  if (tx) {
+    DotEvents<NE, true>(w, G, wp, ev, nch, dr, dsp);
+  } else {
+    DotEvents<NE, false>(w, G, wp, ev, nch, dr, dsp);
   }
-  return HorizontalSum(d0 + d1);
 }
 
 void BackwardTile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_t range, float* dsp,
@@ -180,54 +251,54 @@ void BackwardTile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, in
   const int64_t wp = RoundUp(w, kLanes);
   const int64_t nch = wp / kLanes;
   const bool need_ds = P.prev != nullptr;
-  if (need_ds) PackTile(L.wt, L.n_in, L.n_out, c0, w, wp, s.Wp);
-  std::fill(s.dWp, s.dWp + L.n_in * wp, 0.f);
-  for (int64_t i = 0; i < wp; ++i) {
-    const float a = i < w ? L.alpha[c0 + i] : 0.f;
-    s.al[i] = a;
-    s.cf[i] = i < w ? (1.f - a) * P.c_in : 0.f;
+  {
+    const ProfTimer timer(P.layer, kProfBwdSetup);
+    if (need_ds) PackTile(L.wt, L.n_in, L.n_out, c0, w, wp, s.Wp);
+    std::fill(s.dWp, s.dWp + L.n_in * wp, 0.f);
+    for (int64_t i = 0; i < wp; ++i) {
+      const float a = i < w ? L.alpha[c0 + i] : 0.f;
+      s.al[i] = a;
+      s.cf[i] = i < w ? (1.f - a) * P.c_in : 0.f;
+    }
   }
   const int64_t T = P.T, S = P.plan.S;
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const int64_t b0 = blk * S, b1 = std::min(P.B, b0 + S);
-    // eps recursion of this tile; gI rows go to G for the event pass.
+    // eps recursion of this tile, eps_t = alpha * eps_{t+1} + (slot gradients
+    // of step t); gI rows (1 - alpha) c eps_t go to G for the event pass.
+    // Step t's gI store and the decay for step t - 1 share one pass over the
+    // row (eps holds alpha * eps_{t+1} when step t begins): the same
+    // arithmetic as a decay pass and a store pass, with half the traffic.
     {
+      const ProfTimer timer(P.layer, kProfBwdEps);
       for (int64_t b = b0; b < b1; ++b) {
-        std::fill(s.eps, s.eps + wp, 0.f);
+        std::fill(s.eps, s.eps + wp, 0.f);  // alpha * eps_T, with eps_T = 0
         for (int64_t t = T - 1; t >= 0; --t) {
           const int64_t bt = b * T + t;
-          for (int64_t c = 0; c < nch; ++c) {
-            Store(s.eps + c * kLanes, Load(s.al + c * kLanes) * Load(s.eps + c * kLanes));
-          }
-          const int32_t* sid = L.ids + bt * L.K;
-          const float* sds = P.ds + bt * L.K;
-          const float* ssur = L.sur + bt * L.K;
-          const int64_t nf = L.filled[bt];
-          if (nf <= kLinearSlots) {
-            for (int64_t k = 0; k < nf; ++k) {
+          if (L.K <= kLinearSlots) {
+            const int32_t* sid = L.ids + bt * L.K;
+            const float* sds = P.ds + bt * L.K;
+            const float* ssur = L.sur + bt * L.K;
+            for (int64_t k = 0; k < L.filled[bt]; ++k) {
               const int64_t i = sid[k] - c0;
               if (i >= 0 && i < w) s.eps[i] += sds[k] * ssur[k];
             }
           } else {
-            // Spikes and carriers are each ascending (checked on entry), so
-            // the tile's slots are one range in each run.
-            const int64_t runs[3] = {0, L.count[bt], nf};
-            for (int r = 0; r < 2; ++r) {
-              const int32_t* lo = std::lower_bound(sid + runs[r], sid + runs[r + 1], c0);
-              const int32_t* hi = std::lower_bound(lo, sid + runs[r + 1], c0 + w);
-              for (const int32_t* q = lo; q < hi; ++q) {
-                const int64_t k = q - sid;
-                s.eps[*q - c0] += sds[k] * ssur[k];
-              }
+            const int64_t key = tile * P.B * T + bt;
+            for (int32_t q = P.soff[key]; q < P.soff[key + 1]; ++q) {
+              s.eps[P.slots[q].col] += P.slots[q].v;
             }
           }
           float* g = s.G + ((b - b0) * T + t) * wp;
           for (int64_t c = 0; c < nch; ++c) {
-            Store(g + c * kLanes, Load(s.cf + c * kLanes) * Load(s.eps + c * kLanes));
+            const Vf e = Load(s.eps + c * kLanes);
+            Store(g + c * kLanes, Load(s.cf + c * kLanes) * e);
+            Store(s.eps + c * kLanes, Load(s.al + c * kLanes) * e);
           }
         }
       }
     }
+    const ProfTimer timer(P.layer, kProfBwdEvents);
     const int32_t* off = P.off + blk * (L.n_in + 1);
     const Event* ev = P.ev + blk * S * T * P.plan.kev;
     for (int64_t j = 0; j < L.n_in; ++j) {
@@ -256,33 +327,26 @@ void BackwardTile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, in
         continue;
       }
       const float* __restrict wr = s.Wp + j * wp;
-      bool any_tx = false;
-      for (int32_t e = e0; e < e1; ++e) {
-        const float* __restrict g = s.G + (ev[e].row_tx >> 1) * wp;
-        float dot;
-        if (ev[e].row_tx & 1) {
-          // Transmitted: one pass over the row gives the dot for ds and
-          // the gradient contribution.
-          if (!any_tx) {
-            std::fill(s.acc, s.acc + wp, 0.f);
-            any_tx = true;
-          }
-          dot = DotRows<true>(wr, g, s.acc, nch);
-        } else {
-          // Gradient carrier: not transmitted, dot only.
-          dot = DotRows<false>(wr, g, s.acc, nch);
-        }
-        dsp[ev[e].out] += dot;
-      }
-      if (any_tx) {
-        for (int64_t c = 0; c < nch; ++c) {
-          Store(dr + c * kLanes, Load(dr + c * kLanes) + Load(s.acc + c * kLanes));
-        }
+      int32_t e = e0;
+      for (; e + 4 <= e1; e += 4) DotEventsTx<4>(wr, s.G, wp, ev + e, nch, dr, dsp);
+      switch (e1 - e) {
+        case 3:
+          DotEventsTx<3>(wr, s.G, wp, ev + e, nch, dr, dsp);
+          break;
+        case 2:
+          DotEventsTx<2>(wr, s.G, wp, ev + e, nch, dr, dsp);
+          break;
+        case 1:
+          DotEventsTx<1>(wr, s.G, wp, ev + e, nch, dr, dsp);
+          break;
+        default:
+          break;
       }
     }
   }
   // Range 0 owns the output columns; other ranges (narrow layers only) keep
   // their own copy, summed once all units finished.
+  const ProfTimer timer(P.layer, kProfBwdStore);
   if (range == 0) {
     for (int64_t j = 0; j < L.n_in; ++j) {
       std::memcpy(L.dw + j * L.n_out + c0, s.dWp + j * wp, w * sizeof(float));
@@ -301,6 +365,7 @@ void BackwardTile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, in
 absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
                          const std::vector<BwdLayer>& layers, float input_scale,
                          const float* grad_logits) {
+  const ProfTimer wall(1, kProfWall);
   const int N = static_cast<int>(layers.size());
   const int64_t B = in.B, T = in.T, K0 = in.K0;
   const CpuPool pool(ctx);
@@ -308,7 +373,7 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
 
   std::vector<BwdPlan> plans(N);
   int64_t max_tile = 0, max_wp = 0, max_G = 0, max_priv = 0, max_dsp = 0, max_btk = 0;
-  int64_t max_off = 0, max_ev = 0;
+  int64_t max_off = 0, max_ev = 0, max_soff = 0, max_cols = 0;
   for (int l = 0; l < N; ++l) {
     const BwdLayer& L = layers[l];
     BwdPlan& p = plans[l];
@@ -341,6 +406,8 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
     max_btk = std::max(max_btk, B * T * L.K);
     max_off = std::max(max_off, p.nblk * (L.n_in + 1));
     max_ev = std::max(max_ev, p.nblk * p.S * T * p.kev);
+    max_soff = std::max(max_soff, p.tiling.ntiles * B * T + 1);
+    max_cols = std::max(max_cols, L.n_out);
   }
   auto carve_worker = [&](Arena& a, BwdScratch* s) {
     s->Wp = a.Take<float>(max_tile);
@@ -349,13 +416,13 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
     s->al = a.Take<float>(max_wp);
     s->cf = a.Take<float>(max_wp);
     s->eps = a.Take<float>(max_wp);
-    s->acc = a.Take<float>(max_wp);
   };
   // Shared: ds of the current and the previous layer, the ds partials of
   // the tile groups, the other ranges' gradient copies, the event buckets.
   float *ds_cur, *ds_next, *dsp, *priv;
-  int32_t* off;
+  int32_t *off, *soff, *col_tile;
   Event* ev;
+  SlotEntry* slots;
   auto carve_shared = [&](Arena& a) {
     ds_cur = a.Take<float>(max_btk);
     ds_next = a.Take<float>(max_btk);
@@ -363,6 +430,9 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
     priv = a.Take<float>(max_priv);
     off = a.Take<int32_t>(max_off);
     ev = a.Take<Event>(max_ev);
+    soff = a.Take<int32_t>(max_soff);
+    col_tile = a.Take<int32_t>(max_cols);
+    slots = a.Take<SlotEntry>(max_btk);
   };
   const int64_t per_worker = ArenaBytes([&](Arena& a) {
     BwdScratch s;
@@ -393,6 +463,7 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
     const BwdLayer& L = layers[l];
     const BwdPlan& p = plans[l];
     BwdPass P;
+    P.layer = l;
     P.L = &L;
     P.prev = l > 0 ? &layers[l - 1] : nullptr;
     P.plan = p;
@@ -403,8 +474,12 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
     P.dsp = dsp;
     P.off = off;
     P.ev = ev;
+    P.soff = soff;
+    P.slots = slots;
     P.priv = priv;
+    if (L.K > kLinearSlots) BucketSlots(pool, l, L, p.tiling, B, T, ds_cur, col_tile, soff, slots);
     pool.ForEachUnit(p.nblk, [&](int64_t blk, int) {
+      const ProfTimer timer(l, kProfBwdBucket);
       BucketEvents(P, in, blk, off + blk * (L.n_in + 1), ev + blk * p.S * T * p.kev);
     });
     const int64_t Kp = l > 0 ? layers[l - 1].K : 0;
@@ -423,6 +498,7 @@ absl::Status LifBackward(OpKernelContext* ctx, const LifInput& in,
       const int64_t t1 = (grp + 1) * p.tiling.ntiles / p.ngroups;
       for (int64_t tile = t0; tile < t1; ++tile) BackwardTile(P, tile, blk0, blk1, range, my_dsp, s);
     });
+    const ProfTimer reduce_timer(l, kProfBwdReduce);
     if (p.nsb > 1) {
       // Sum the other ranges' gradients into the output (narrow layers
       // only, so this is small).

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/profile.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "common/threading.h"
@@ -74,24 +75,35 @@ struct FwdScratch {
   const float** rows;
 };
 
+#ifndef SNN_FWD_GROUP_CHUNKS
+#define SNN_FWD_GROUP_CHUNKS 12
+#endif
+// Chunks of kLanes neurons summed in one walk over a step's event rows, one
+// vector accumulator each. The forward tiles are 8-10 chunks wide, so one
+// group covers a whole tile: the rows are walked once per step instead of
+// once per group of four, and 8-10 independent add chains instead of
+// 2-4 hide the add latency (with the small event counts of layers > 1 a
+// group of four was latency-bound). 12 accumulators leave registers for
+// the row loads on AVX-512 (32 vector registers).
+constexpr int kFwdGroupChunks = SNN_FWD_GROUP_CHUNKS;
+
 // Sums the event rows over NC chunks starting at chunk o, updates the
-// membranes and returns the spike / carrier lane masks of those chunks.
+// membranes and returns the spike / carrier lane masks of each chunk.
 template <int NC>
 inline void IntegrateChunks(const float* const* rows, int64_t ne, int64_t o, float* u,
                              const float* al, const float* cf, const float* th, const float* th2,
-                             uint64_t* ms, uint64_t* mc) {
+                             uint32_t* ms, uint32_t* mc) {
   Vf a[NC];
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int h = 0; h < NC; ++h) a[h] = Splat(0.f);
   // Independent accumulators hide the add latency; row loads from L2 are
   // the real limit.
   for (int64_t e = 0; e < ne; ++e) {
     const float* r = rows[e] + o * kLanes;
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int h = 0; h < NC; ++h) a[h] += Load(r + h * kLanes);
   }
-  uint64_t s = 0, c = 0;
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int h = 0; h < NC; ++h) {
     const int64_t i = (o + h) * kLanes;
     Vf uu = Load(u + i);
@@ -105,13 +117,20 @@ inline void IntegrateChunks(const float* const* rows, int64_t ne, int64_t o, flo
     NoContract(input);
     uu = decayed + input;
     Store(u + i, uu);
-    const uint32_t sp = MaskGe(uu, thv);
-    const uint32_t ca = MaskLt(Load(th2 + i), uu) & ~sp;
-    s |= static_cast<uint64_t>(sp) << (h * kLanes);
-    c |= static_cast<uint64_t>(ca) << (h * kLanes);
+    ms[h] = MaskGe(uu, thv);
+    mc[h] = MaskLt(Load(th2 + i), uu) & ~ms[h];
   }
-  *ms = s;
-  *mc = c;
+}
+
+// IntegrateChunks<nc> for a run-time nc in [1, NC].
+template <int NC>
+inline void IntegrateGroup(int64_t nc, const float* const* rows, int64_t ne, int64_t o, float* u,
+                           const float* al, const float* cf, const float* th, const float* th2,
+                           uint32_t* ms, uint32_t* mc) {
+  if constexpr (NC > 1) {
+    if (nc < NC) return IntegrateGroup<NC - 1>(nc, rows, ne, o, u, al, cf, th, th2, ms, mc);
+  }
+  IntegrateChunks<NC>(rows, ne, o, u, al, cf, th, th2, ms, mc);
 }
 
 // Integrates one column tile of one layer for the samples [b0, b1).
@@ -121,9 +140,9 @@ void IntegrateTile(const Layer& L, const Layer* prev, const LifInput& in, int64_
   const int64_t c0 = L.tiling.begin(tile), w = L.tiling.end(tile) - c0;
   const int64_t wp = RoundUp(w, kLanes);
   const int64_t nch = wp / kLanes;
-  // Chunks go in groups of up to four with one accumulator each; balanced
-  // groups (5 = 3 + 2, not 4 + 1) avoid a lone, latency-bound accumulator.
-  const int64_t ngroups = CeilDiv(nch, 4);
+  // Balanced groups (13 = 7 + 6, not 12 + 1) avoid a lone, latency-bound
+  // accumulator.
+  const int64_t ngroups = CeilDiv(nch, kFwdGroupChunks);
   const float* Wp = L.packed + tile * L.n_in * L.tiling.pad;
   const int64_t p0 = tile * L.tiling.pad;
   const float* al = L.al + p0;
@@ -147,38 +166,30 @@ void IntegrateTile(const Layer& L, const Layer* prev, const LifInput& in, int64_
       const int64_t bt = (b - b0) * T + t;
       for (int64_t q = 0; q < ngroups; ++q) {
         const int64_t o = q * nch / ngroups;
-        uint64_t ms, mc;
-        switch ((q + 1) * nch / ngroups - o) {
-          case 4:
-            IntegrateChunks<4>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc);
-            break;
-          case 3:
-            IntegrateChunks<3>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc);
-            break;
-          case 2:
-            IntegrateChunks<2>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc);
-            break;
-          default:
-            IntegrateChunks<1>(s.rows, ne, o, s.u, al, cf, th, th2, &ms, &mc);
-            break;
-        }
-        if (ms) {
-          int64_t n = s.nspk[bt];
-          s.nspk[bt] = static_cast<int32_t>(n + __builtin_popcountll(ms));
-          for (; ms && n < K; ms &= ms - 1, ++n) {
-            const int64_t i = o * kLanes + __builtin_ctzll(ms);
-            s.spk_id[bt * K + n] = static_cast<int32_t>(c0 + i);
-            s.spk_u[bt * K + n] = s.u[i];
+        const int64_t nc = (q + 1) * nch / ngroups - o;
+        uint32_t msk[kFwdGroupChunks], mck[kFwdGroupChunks];
+        IntegrateGroup<kFwdGroupChunks>(nc, s.rows, ne, o, s.u, al, cf, th, th2, msk, mck);
+        for (int64_t h = 0; h < nc; ++h) {
+          const int64_t base = (o + h) * kLanes;
+          uint32_t ms = msk[h], mc = mck[h];
+          if (ms) {
+            int64_t n = s.nspk[bt];
+            s.nspk[bt] = static_cast<int32_t>(n + __builtin_popcount(ms));
+            for (; ms && n < K; ms &= ms - 1, ++n) {
+              const int64_t i = base + __builtin_ctz(ms);
+              s.spk_id[bt * K + n] = static_cast<int32_t>(c0 + i);
+              s.spk_u[bt * K + n] = s.u[i];
+            }
           }
-        }
-        if (mc) {
-          int64_t n = s.ncar[bt];
-          for (; mc && n < K; mc &= mc - 1, ++n) {
-            const int64_t i = o * kLanes + __builtin_ctzll(mc);
-            s.car_id[bt * K + n] = static_cast<int32_t>(c0 + i);
-            s.car_u[bt * K + n] = s.u[i];
+          if (mc) {
+            int64_t n = s.ncar[bt];
+            for (; mc && n < K; mc &= mc - 1, ++n) {
+              const int64_t i = base + __builtin_ctz(mc);
+              s.car_id[bt * K + n] = static_cast<int32_t>(c0 + i);
+              s.car_u[bt * K + n] = s.u[i];
+            }
+            s.ncar[bt] = static_cast<int32_t>(n);
           }
-          s.ncar[bt] = static_cast<int32_t>(n);
         }
       }
     }
@@ -223,6 +234,7 @@ void WriteSlots(const Layer& L, int64_t T, int64_t b0, int64_t b1, float beta,
 absl::Status LifForward(OpKernelContext* ctx, const LifInput& in,
                         const std::vector<FwdLayer>& fwd_layers, float input_scale, float beta,
                         float* logits) {
+  const ProfTimer wall(0, kProfWall);
   const int N = static_cast<int>(fwd_layers.size());
   const int64_t B = in.B, T = in.T, K0 = in.K0;
   std::vector<Layer> layers(N);
@@ -278,6 +290,7 @@ absl::Status LifForward(OpKernelContext* ctx, const LifInput& in,
     for (int64_t k = 0; k < layers[l].tiling.ntiles; ++k) pack_units.emplace_back(l, k);
   }
   pool.ForEachUnit(pack_units.size(), [&](int64_t u, int) {
+    const ProfTimer timer(pack_units[u].first, kProfFwdPack);
     PackForwardTile(layers[pack_units[u].first], pack_units[u].second, input_scale);
   });
 
@@ -288,11 +301,15 @@ absl::Status LifForward(OpKernelContext* ctx, const LifInput& in,
     const int64_t b0 = blk * sb, b1 = std::min(B, b0 + sb);
     for (int l = 0; l < N; ++l) {
       const Layer& L = layers[l];
-      std::fill(s.nspk, s.nspk + (b1 - b0) * T, 0);
-      std::fill(s.ncar, s.ncar + (b1 - b0) * T, 0);
-      for (int64_t tile = 0; tile < L.tiling.ntiles; ++tile) {
-        IntegrateTile(L, l > 0 ? &layers[l - 1] : nullptr, in, b0, b1, tile, s);
+      {
+        const ProfTimer timer(l, kProfFwdIntegrate);
+        std::fill(s.nspk, s.nspk + (b1 - b0) * T, 0);
+        std::fill(s.ncar, s.ncar + (b1 - b0) * T, 0);
+        for (int64_t tile = 0; tile < L.tiling.ntiles; ++tile) {
+          IntegrateTile(L, l > 0 ? &layers[l - 1] : nullptr, in, b0, b1, tile, s);
+        }
       }
+      const ProfTimer timer(l, kProfFwdSlots);
       WriteSlots(L, T, b0, b1, beta, s, l == N - 1 ? logits : nullptr);
     }
   });

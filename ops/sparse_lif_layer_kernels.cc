@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/fused_layout.h"
+#include "common/profile.h"
 #include "common/threading.h"
 #include "common/validate.h"
 #include "sparse_lif_layer.h"
@@ -344,3 +345,16 @@ REGISTER_KERNEL_BUILDER(Name("SnnSparseLifLayerGradWithValues").Device(DEVICE_CP
 
 }  // namespace snn
 }  // namespace tensorflow
+
+// Copies the phase timers (ns, [layer][phase] as in common/profile.h) into
+// out[0, n) and clears them; returns how many counters there are. Called
+// through ctypes by scripts/profile_step.py.
+extern "C" __attribute__((visibility("default"))) int snn_profile_take(int64_t* out, int n) {
+  using namespace tensorflow::snn;
+  std::atomic<int64_t>* c = ProfCounters();
+  for (int i = 0; i < kProfCounters; ++i) {
+    const int64_t v = c[i].exchange(0, std::memory_order_relaxed);
+    if (i < n) out[i] = v;
+  }
+  return kProfCounters;
+}

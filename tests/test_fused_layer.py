@@ -262,6 +262,18 @@ CASES = {
         ),
         {"carriers", "drops"},
     ),
+    # K = n above 24 slots: the backward pass buckets the slots by column
+    # tile (odd widths, several tiles in layer 1, every slot filled).
+    "bucketed_slots_k_equals_n": (
+        dict(sizes=[60, 403, 29, 5], caps=[403, 29, 5], T=10, B=3, K0=12, gain=3.0, theta2="-inf"),
+        {"carriers"},
+    ),
+    # One slot per step, odd widths: most spikes dropped, events grouped by
+    # fewer than four per neuron in the backward dot products.
+    "k1_odd_widths": (
+        dict(sizes=[33, 47, 19, 3], caps=[1, 1, 3], T=14, B=3, K0=9, gain=3.5, theta2="finite"),
+        {"drops"},
+    ),
     # Long, narrow-input layer: several sample blocks in the backward pass.
     "sample_blocks": (
         dict(sizes=[20, 1000, 30, 5], caps=[30, 10, 5], T=20, B=8, K0=6, gain=3.0, theta2="finite"),

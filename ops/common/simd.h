@@ -73,14 +73,27 @@ inline void NoContract(Vf& x) {
 #endif
 }
 
-inline float HorizontalSum(const Vf& v) {
-#if defined(__AVX512F__)
-  return _mm512_reduce_add_ps((__m512)v);
-#else
-  float s = 0.f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
-#endif
+// The lane sums of four vectors at once: out[q] = sum of the lanes of v[q].
+// Three halving steps on all four together take 8 shuffles and 5 adds,
+// where four separate horizontal sums take about three times as many.
+inline void Sum4(const Vf& a, const Vf& b, const Vf& c, const Vf& d, float* out) {
+  // [a.lo8 + a.hi8 | b.lo8 + b.hi8], likewise c and d.
+  const Vi lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const Vi hi8 = lo8 + 8;
+  const Vf ab = __builtin_shuffle(a, b, lo8) + __builtin_shuffle(a, b, hi8);
+  const Vf cd = __builtin_shuffle(c, d, lo8) + __builtin_shuffle(c, d, hi8);
+  // Four partial sums each: lanes [4q, 4q + 4) belong to vector q.
+  const Vi lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  const Vi hi4 = lo4 + 4;
+  Vf x = __builtin_shuffle(ab, cd, lo4) + __builtin_shuffle(ab, cd, hi4);
+  const Vi swap2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
+  x += __builtin_shuffle(x, swap2);
+  const Vi swap1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+  x += __builtin_shuffle(x, swap1);
+  out[0] = x[0];
+  out[1] = x[4];
+  out[2] = x[8];
+  out[3] = x[12];
 }
 
 }  // namespace snn

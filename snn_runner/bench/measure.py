@@ -48,13 +48,20 @@ class CaseResult:
         return asdict(self)
 
 
-def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
-    """Time ``bench.steps`` training and forward steps of the configuration ``cfg``.
+@dataclass
+class Case:
+    """A benchmark case ready to run: its compiled steps and the data they take."""
 
-    ``cfg`` is the timed configuration itself (``bench.apply`` of the task's
-    config, implementation resolved), so the result file's recorded config
-    describes exactly what ran.
-    """
+    spec: object  # NetworkSpec
+    params: object  # Parameters
+    backend: object
+    step: object  # Steps
+    data: object  # the random events (ids, count, labels, time_steps, capacity)
+    threads: int
+
+
+def prepare_case(cfg: RunConfig, bench: BenchConfig) -> Case:
+    """Build the model, optimizer and compiled steps of ``cfg`` as the bench times them (nothing run yet)."""
     from snn_runner import compat
     from snn_runner.backend import get_backend
     from snn_runner.data.random_events import random_events
@@ -78,6 +85,21 @@ def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
         else:
             optimizer = compat.keras().optimizers.Adam(1e-3)
     step = Steps(model, params, optimizer, data.time_steps, data.capacity, None, backend)
+    return Case(spec, params, backend, step, data, threads)
+
+
+def measure_case(cfg: RunConfig, bench: BenchConfig) -> CaseResult:
+    """Time ``bench.steps`` training and forward steps of the configuration ``cfg``.
+
+    ``cfg`` is the timed configuration itself (``bench.apply`` of the task's
+    config, implementation resolved), so the result file's recorded config
+    describes exactly what ran.
+    """
+    from snn_runner.model import build_model
+
+    case = prepare_case(cfg, bench)
+    spec, params, backend, step, data, threads = (case.spec, case.params, case.backend, case.step, case.data,
+                                                  case.threads)
     ids, count, labels = data.ids, data.count, data.labels
 
     t0 = time.perf_counter()
