@@ -123,7 +123,13 @@ def format_table(records: list[dict]) -> str:
             "| spike rate % per layer | dropped/step per layer | SynOps/sample | peak RSS MB | threads "
             "| work per step, rate, % of calibrated peak |")
     rows = [head, "|" + "---|" * 12]
+    shown_dense = set()
     for r in records:
+        if r["implementation"] == "dense":
+            # one dense step per network, repeated per max_activity in the records: one row
+            if tuple(r["sizes"]) in shown_dense:
+                continue
+            shown_dense.add(tuple(r["sizes"]))
         speed = r.get("speedup_vs_dense")
         act = "-" if r["implementation"] == "dense" else f"{r['max_activity']:.2f}"  # dense has no capacity
         rows.append(
