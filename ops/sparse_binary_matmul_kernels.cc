@@ -2,15 +2,14 @@
 // (registered, with their semantics, in sparse_binary_matmul_ops.cc).
 //
 // Weights are stored [n_in, n_out] so that the contribution of presynaptic
-// neuron j is one contiguous row; every loop below is organised around
-// streaming such rows rather than strided columns.
+// neuron j is one contiguous row. The forward streams such rows; the
+// gradient packs column tiles of them (the comment opening its part says why).
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
-#include <vector>
 
 #include "common/row_dots.h"
 #include "common/scratch.h"
