@@ -2,16 +2,20 @@
 // (registered, with their semantics, in sparse_binary_matmul_ops.cc).
 //
 // Weights are stored [n_in, n_out] so that the contribution of presynaptic
-// neuron j is one contiguous row; every loop below is organised around
-// streaming such rows rather than strided columns.
+// neuron j is one contiguous row. The forward streams such rows; the
+// gradient packs column tiles of them (the comment opening its part says why).
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <vector>
+#include <type_traits>
 
+#include "common/row_dots.h"
+#include "common/scratch.h"
+#include "common/simd.h"
 #include "common/threading.h"
+#include "common/tiling.h"
 #include "common/validate.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -109,83 +113,6 @@ inline void AddScaledRow(float* __restrict y, const float* __restrict r,
   for (int64_t j = 0; j < n; ++j) y[j] += v * r[j];
 }
 
-// Float reductions are not reassociated by the compiler without -ffast-math,
-// so the partial sums are spelled out: 16 lanes map onto SIMD registers, and
-// several independent accumulator chains hide the add/FMA latency. DotAxpy4
-// reuses each load of the weight row for four dot products.
-constexpr int kLanes = 16;
-
-inline float Reduce(const float* acc) {
-  float s[kLanes / 2];
-  for (int i = 0; i < kLanes / 2; ++i) s[i] = acc[i] + acc[i + kLanes / 2];
-  for (int i = 0; i < kLanes / 4; ++i) s[i] += s[i + kLanes / 4];
-  return (s[0] + s[2]) + (s[1] + s[3]);
-}
-
-inline float Dot(const float* __restrict a, const float* __restrict b,
-                 int64_t n) {
-  constexpr int kChains = 4;
-  float acc[kChains][kLanes] = {};
-  int64_t j = 0;
-  for (; j + kChains * kLanes <= n; j += kChains * kLanes) {
-    for (int c = 0; c < kChains; ++c) {
-      for (int l = 0; l < kLanes; ++l) {
-        acc[c][l] += a[j + c * kLanes + l] * b[j + c * kLanes + l];
-      }
-    }
-  }
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[0][l] += a[j + l] * b[j + l];
-  }
-  float tail = 0.f;
-  for (; j < n; ++j) tail += a[j] * b[j];
-  for (int l = 0; l < kLanes; ++l) {
-    acc[0][l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
-  }
-  return Reduce(acc[0]) + tail;
-}
-
-// The gradient of one weight row w for four slots naming it, in one pass
-// over their grad_y rows g0..g3: out[q] = w . g_q (every slot), and
-// gw += f_q * g_q (f_q is the slot's value for a spike, 0 for a carrier,
-// which did not contribute to y). The grad_y rows of T*B = 4800 steps
-// (28 MB on the benchmark network) do not stay in cache, and the separate
-// axpy and dot passes read each of them twice from L3 or memory: that made
-// this op half of sparse_ops' training step.
-inline void DotAxpy4(const float* __restrict w, float* __restrict gw,
-                     const float* __restrict g0, const float* __restrict g1,
-                     const float* __restrict g2, const float* __restrict g3,
-                     const float f[4], int64_t n, float out[4]) {
-  float acc0[kLanes] = {0.f}, acc1[kLanes] = {0.f}, acc2[kLanes] = {0.f},
-        acc3[kLanes] = {0.f};
-  const float f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3];
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const float x = w[j + l];
-      const float a0 = g0[j + l], a1 = g1[j + l], a2 = g2[j + l], a3 = g3[j + l];
-      acc0[l] += a0 * x;
-      acc1[l] += a1 * x;
-      acc2[l] += a2 * x;
-      acc3[l] += a3 * x;
-      gw[j + l] += f0 * a0 + f1 * a1 + f2 * a2 + f3 * a3;
-    }
-  }
-  float t0 = 0.f, t1 = 0.f, t2 = 0.f, t3 = 0.f;
-  for (; j < n; ++j) {
-    const float x = w[j];
-    t0 += g0[j] * x;
-    t1 += g1[j] * x;
-    t2 += g2[j] * x;
-    t3 += g3[j] * x;
-    gw[j] += f0 * g0[j] + f1 * g1[j] + f2 * g2[j] + f3 * g3[j];
-  }
-  out[0] = Reduce(acc0) + t0;
-  out[1] = Reduce(acc1) + t1;
-  out[2] = Reduce(acc2) + t2;
-  out[3] = Reduce(acc3) + t3;
-}
-
 class SparseBinaryMatmulOp : public OpKernel {
  public:
   explicit SparseBinaryMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -229,6 +156,152 @@ class SparseBinaryMatmulOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("SnnSparseBinaryMatmul").Device(DEVICE_CPU),
                         SparseBinaryMatmulOp);
 
+// SnnSparseBinaryMatmulGrad pairs every slot's grad_y row with the weight
+// row it names. Walked slot by slot (or weight row by weight row), those
+// grad_y rows come in random order from a [B, n_out] array that does not
+// fit in cache (28 MB at T*B = 4800 on the benchmark network), and the
+// loads of them were 80 % of the op's time. As in the fused backward
+// (sparse_lif_layer_backward.cc), the work is split into column tiles and
+// blocks of batch rows instead: a tile's columns of one block of grad_y rows
+// stay in L2 while all slots of the block visit them, bucketed by weight
+// row, and the weight and gradient columns of the tile are walked in
+// ascending row order once per block.
+//
+// Cache budgets, tuned like the fused backward's on a 2-core Zen 4 (1 MB L2
+// per core, 32 MB shared L3); the macros let another machine's build
+// override them.
+#ifndef SNN_MMG_TILE_BYTES
+#define SNN_MMG_TILE_BYTES (4096 << 10)
+#endif
+#ifndef SNN_MMG_BLOCK_BYTES
+#define SNN_MMG_BLOCK_BYTES (512 << 10)
+#endif
+// weights + grad_weights columns of one tile: visited in ascending rows, so
+// they may exceed L2.
+constexpr int64_t kMmgTileBytes = SNN_MMG_TILE_BYTES;
+// A tile's columns of the grad_y rows of one block, read at random: in L2.
+constexpr int64_t kMmgBlockBytes = SNN_MMG_BLOCK_BYTES;
+#ifndef SNN_MMG_PLAN_UNITS
+#define SNN_MMG_PLAN_UNITS 8
+#endif
+// Work is planned for this many units (column tiles, times ranges of weight
+// rows when there are fewer tiles) whatever the pool's size. A slot's
+// gradient is the sum of its tiles' partial dots, added in tile order, so a
+// fixed plan gives the same bits on 1 thread or 64.
+constexpr int64_t kMmgPlanUnits = SNN_MMG_PLAN_UNITS;
+
+// One slot naming a weight row (id >= 0), bucketed by (block, row).
+struct SlotRef {
+  int32 row;  // batch row b: which grad_y row it pairs with
+  float f;    // its value for a spike, 0 for a carrier (no share in y)
+};
+
+struct MmgPlan {
+  Tiling tiling;
+  int64_t S;      // batch rows per block
+  int64_t nblk;   // blocks
+  int64_t nrng;   // ranges of weight rows per tile
+  int64_t units;  // ntiles * nrng
+};
+
+MmgPlan PlanMatmulGrad(int64_t n_in, int64_t n_out, int64_t batch) {
+  MmgPlan p;
+  p.tiling = MakeTiling(n_out, n_in * sizeof(float) * 2, kMmgTileBytes, kLanes, kMmgPlanUnits,
+                        kMmgPlanUnits);
+  p.S = std::max<int64_t>(
+      1, std::min(batch, kMmgBlockBytes / (p.tiling.pad * int64_t{sizeof(float)})));
+  p.nblk = std::max<int64_t>(1, CeilDiv(batch, p.S));
+  // Narrow outputs (the readout layer) give fewer tiles than units; their
+  // weight rows are split as well, which needs no partial copies: each row
+  // and tile of grad_weights belongs to exactly one unit.
+  p.nrng = std::max<int64_t>(1, std::min(n_in, CeilDiv(kMmgPlanUnits, p.tiling.ntiles)));
+  p.units = p.tiling.ntiles * p.nrng;
+  return p;
+}
+
+// A unit's own buffers: the tile's columns of its weight rows, of their
+// gradient, and of one block's grad_y rows, packed with stride tiling.pad.
+// Read in place, those rows lie 4 * n_out bytes apart, so a tile touches a
+// page per row and per array and the TLB misses (costly under a VM's nested
+// paging) took the gain of the tiling away.
+struct MmgScratch {
+  float* Wp;   // [rows per range, pad]
+  float* dWp;  // [rows per range, pad]
+  float* G;    // [S, pad]
+};
+
+// Everything the units share.
+struct MmgPass {
+  const SpikeView* v;
+  MmgPlan plan;
+  const float* grad_y;
+  float* grad_w;
+  const int32* off;      // [nblk * n_in + 1] bucket starts by (block, row)
+  const SlotRef* refs;   // the slots in bucket order
+  float* part;           // [ntiles, n_refs] partial dots, in bucket order
+  int64_t n_refs;
+};
+
+// One unit: column tile `tile` of weight rows [j0, j1), all blocks.
+void MatmulGradUnit(const MmgPass& P, int64_t tile, int64_t j0, int64_t j1, const MmgScratch& s) {
+  const SpikeView& v = *P.v;
+  const int64_t n = v.n_out, n_in = v.n_in, S = P.plan.S;
+  const int64_t c0 = P.plan.tiling.begin(tile);
+  const int64_t w = P.plan.tiling.end(tile) - c0;
+  const int64_t wp = RoundUp(w, kLanes), nch = wp / kLanes;
+  PackTile(v.weights + j0 * n, j1 - j0, n, c0, w, wp, s.Wp);
+  std::fill(s.dWp, s.dWp + (j1 - j0) * wp, 0.f);
+  float* part = P.part + tile * P.n_refs;
+  for (int64_t blk = 0; blk < P.plan.nblk; ++blk) {
+    const int32* off = P.off + blk * n_in;
+    if (off[j0] == off[j1]) continue;
+    const int64_t b0 = blk * S, b1 = std::min(v.batch, b0 + S);
+    PackTile(P.grad_y + b0 * n, b1 - b0, n, c0, w, wp, s.G);
+    const float* G = s.G - b0 * wp;  // indexed by the global batch row
+    for (int64_t j = j0; j < j1; ++j) {
+      const int32 e0 = off[j], e1 = off[j + 1];
+      if (e0 == e1) continue;
+      const float* wr = s.Wp + (j - j0) * wp;
+      float* dr = s.dWp + (j - j0) * wp;
+      auto group = [&](auto ne, int32 e) {
+        constexpr int NE = decltype(ne)::value;
+        const float* g[NE];
+        Vf f[NE];
+        bool any = false;
+#pragma GCC unroll 4
+        for (int q = 0; q < NE; ++q) {
+          const SlotRef& r = P.refs[e + q];
+          g[q] = G + int64_t{r.row} * wp;
+          f[q] = Splat(r.f);
+          any |= r.f != 0.f;
+        }
+        float sums[4];
+        DotAxpyRowsIfAny<NE>(wr, g, f, any, nch, dr, sums);
+#pragma GCC unroll 4
+        for (int q = 0; q < NE; ++q) part[e + q] = sums[q];
+      };
+      int32 e = e0;
+      for (; e + 4 <= e1; e += 4) group(std::integral_constant<int, 4>(), e);
+      switch (e1 - e) {
+        case 3:
+          group(std::integral_constant<int, 3>(), e);
+          break;
+        case 2:
+          group(std::integral_constant<int, 2>(), e);
+          break;
+        case 1:
+          group(std::integral_constant<int, 1>(), e);
+          break;
+        default:
+          break;
+      }
+    }
+  }
+  for (int64_t j = j0; j < j1; ++j) {
+    std::memcpy(P.grad_w + j * n + c0, s.dWp + (j - j0) * wp, w * sizeof(float));
+  }
+}
+
 class SparseBinaryMatmulGradOp : public OpKernel {
  public:
   explicit SparseBinaryMatmulGradOp(OpKernelConstruction* ctx)
@@ -259,112 +332,93 @@ class SparseBinaryMatmulGradOp : public OpKernel {
     const int64_t n_slots = v.batch * v.slots;
     OP_REQUIRES(ctx, n_slots <= std::numeric_limits<int32>::max(),
                 errors::InvalidArgument("B*K = ", n_slots, " is too large"));
+    // Padding slots, and every slot when there are no columns to dot over.
+    std::fill(grad_v, grad_v + n_slots, 0.f);
+    if (v.n_in == 0 || v.n_out == 0) return;
 
-    // Invert the slot -> row map (a counting sort by id). Both outputs are
-    // then produced row by row: each weight row is read once and each
-    // grad_weights row written once while it is in L1, instead of one
-    // gather and one read-modify-write of a 4*n_out-byte row per slot (at
-    // K ~ 150 the slots name every row several times). Row ownership also
-    // makes the threads race-free without splitting rows into columns.
-    // The buffers belong to the calling thread and only ever grow, so a
-    // steady training loop does no allocation here.
-    thread_local std::vector<int32> row_start, slot_of;
-    thread_local std::vector<float> staged;
-    row_start.assign(v.n_in + 1, 0);
-    if (slot_of.size() < static_cast<size_t>(n_slots)) {
-      slot_of.resize(n_slots);
-      staged.resize(n_slots);
-    }
-    for (int64_t s = 0; s < n_slots; ++s) {
-      const int32 id = v.ids[s];
-      if (id >= 0) {
-        ++row_start[id + 1];
-      } else {
-        grad_v[s] = 0.f;  // padding
-      }
-    }
-    for (int64_t r = 0; r < v.n_in; ++r) row_start[r + 1] += row_start[r];
-    // row_start[r] is used as the fill cursor of row r and ends up at the
-    // start of row r + 1; the shift below restores the starts. Slots are
-    // visited in (b, k) order, which fixes the summation order.
-    for (int64_t s = 0; s < n_slots; ++s) {
-      const int32 id = v.ids[s];
-      if (id >= 0) slot_of[row_start[id]++] = static_cast<int32>(s);
-    }
-    for (int64_t r = v.n_in; r > 0; --r) row_start[r] = row_start[r - 1];
-    row_start[0] = 0;
+    const MmgPlan plan = PlanMatmulGrad(v.n_in, v.n_out, v.batch);
+    int64_t n_refs = 0;
+    for (int64_t s = 0; s < n_slots; ++s) n_refs += v.ids[s] >= 0;
+    int32 *off, *slot_of;
+    SlotRef* refs;
+    float* part;
+    auto carve_shared = [&](Arena& a) {
+      off = a.Take<int32>(plan.nblk * v.n_in + 1);
+      slot_of = a.Take<int32>(n_refs);
+      refs = a.Take<SlotRef>(n_refs);
+      part = a.Take<float>(plan.tiling.ntiles * n_refs);
+    };
+    const int64_t max_rows = CeilDiv(v.n_in, plan.nrng);
+    auto carve_worker = [&](Arena& a, MmgScratch* s) {
+      s->Wp = a.Take<float>(max_rows * plan.tiling.pad);
+      s->dWp = a.Take<float>(max_rows * plan.tiling.pad);
+      s->G = a.Take<float>(plan.S * plan.tiling.pad);
+    };
+    const int64_t per_worker = ArenaBytes([&](Arena& a) {
+      MmgScratch s;
+      carve_worker(a, &s);
+    });
+    const CpuPool pool(ctx);
+    Scratch scratch;
+    OP_REQUIRES_OK(ctx, scratch.Allocate(ctx, ArenaBytes(carve_shared), per_worker,
+                                         pool.NumWorkers()));
+    Arena shared(scratch.Shared());
+    carve_shared(shared);
 
-    // Bundled so that the sharded lambda captures one reference (keeps
-    // std::function free of heap allocation).
-    struct {
-      const SpikeView* v;
-      const float* grad_y;
-      float* grad_w;
-      float* grad_v;
-      const int32* row_start;
-      const int32* slot_of;
-      float* staged;
-    } io{&v,
-         grad_y,
-         grad_w,
-         grad_v,
-         row_start.data(),
-         slot_of.data(),
-         staged.data()};
-
-    auto rows_work = [&io](int64_t begin, int64_t end) {
-      const SpikeView& v = *io.v;
-      const int64_t n = v.n_out;
-      for (int64_t r = begin; r < end; ++r) {
-        const float* w_row = v.weights + r * n;
-        float* gw_row = io.grad_w + r * n;
-        const int32* slot = io.slot_of + io.row_start[r];
-        float* dots = io.staged + io.row_start[r];
-        const int64_t m = io.row_start[r + 1] - io.row_start[r];
-
-        // grad_weights[r] = sum over spike slots naming r of value * grad_y[b]
-        // (carriers are excluded: they did not contribute to y), and
-        // grad_values[s] = w[r] . grad_y[b] for every slot naming r, spikes
-        // and carriers alike, four slots per pass over their grad_y rows.
-        // Results go to a buffer in row order: written straight into
-        // grad_values, neighbouring slots would belong to different threads
-        // and the cache lines would ping-pong.
-        std::memset(gw_row, 0, sizeof(float) * n);
-        auto factor = [&v](int64_t s) {
-          const int64_t b = s / v.slots;
-          return s - b * v.slots < v.count[b] ? v.values[s] : 0.f;
-        };
-        int64_t e = 0;
-        for (; e + 4 <= m; e += 4) {
-          const float f[4] = {factor(slot[e]), factor(slot[e + 1]),
-                              factor(slot[e + 2]), factor(slot[e + 3])};
-          DotAxpy4(w_row, gw_row, io.grad_y + (slot[e] / v.slots) * n,
-                   io.grad_y + (slot[e + 1] / v.slots) * n,
-                   io.grad_y + (slot[e + 2] / v.slots) * n,
-                   io.grad_y + (slot[e + 3] / v.slots) * n, f, n, dots + e);
-        }
-        for (; e < m; ++e) {
-          const float* gy = io.grad_y + (slot[e] / v.slots) * n;
-          const float f = factor(slot[e]);
-          if (f != 0.f) AddScaledRow(gw_row, gy, f, n);
-          dots[e] = Dot(gy, w_row, n);
+    // Bucket the slots by (block, weight row), a counting sort that keeps
+    // (b, k) order inside a bucket, which fixes the order of the sums.
+    // Loops over (b, k) rather than slots spare two divisions per slot.
+    const int64_t n_keys = plan.nblk * v.n_in;
+    std::fill(off, off + n_keys + 1, 0);
+    auto for_each_slot = [&](auto&& fn) {
+      for (int64_t b = 0; b < v.batch; ++b) {
+        const int64_t base = b / plan.S * v.n_in;
+        for (int64_t k = 0; k < v.slots; ++k) {
+          const int64_t s = b * v.slots + k;
+          if (v.ids[s] >= 0) fn(b, k, s, base + v.ids[s]);
         }
       }
     };
-    if (v.n_in == 0) return;
-    // Per weight row (measured): ~1/4 cycle per element to write the row
-    // out, ~2/5 cycle per element for each slot's axpy + dot. Writing the
-    // dense output is bound by memory bandwidth, which a second core does
-    // not add to, so only the per-slot part decides whether to go parallel.
-    if (2 * n_slots * v.n_out / 5 < kMinParallelCycles) {
-      rows_work(0, v.n_in);
+    for_each_slot([&](int64_t, int64_t, int64_t, int64_t key) { ++off[key + 1]; });
+    for (int64_t k = 0; k < n_keys; ++k) off[k + 1] += off[k];
+    // off[k] serves as bucket k's fill cursor and ends at bucket k+1's
+    // start; shifting by one restores the starts.
+    for_each_slot([&](int64_t b, int64_t k, int64_t s, int64_t key) {
+      const int32 e = off[key]++;
+      slot_of[e] = static_cast<int32>(s);
+      refs[e] = SlotRef{static_cast<int32>(b), k < v.count[b] ? v.values[s] : 0.f};
+    });
+    for (int64_t k = n_keys; k > 0; --k) off[k] = off[k - 1];
+    off[0] = 0;
+
+    const MmgPass P{&v, plan, grad_y, grad_w, off, refs, part, n_refs};
+    auto run = [&](int64_t u, int worker) {
+      Arena a(scratch.Worker(worker));
+      MmgScratch s;
+      carve_worker(a, &s);
+      const int64_t nrng = plan.nrng;
+      const int64_t tile = u / nrng, r = u % nrng;
+      MatmulGradUnit(P, tile, r * v.n_in / nrng, (r + 1) * v.n_in / nrng, s);
+    };
+    // Per slot and column ~2/5 cycle (one axpy + dot step); writing
+    // grad_weights out ~1/4 cycle per element.
+    if (2 * n_refs * v.n_out / 5 + v.n_in * v.n_out / 4 < kMinParallelCycles) {
+      for (int64_t u = 0; u < plan.units; ++u) run(u, 0);
     } else {
-      CpuPool(ctx).Shard(
-          v.n_in, v.n_out * (5 * v.n_in + 8 * n_slots) / (20 * v.n_in) + 1,
-          rows_work);
+      pool.ForEachUnit(plan.units, run);
     }
-    const int64_t n_entries = row_start[v.n_in];
-    for (int64_t e = 0; e < n_entries; ++e) grad_v[slot_of[e]] = staged[e];
+    // A slot's gradient: its tiles' partial dots, summed in tile order
+    // (each slot's sum is on its own, so how the entries are split between
+    // threads does not matter).
+    const int64_t ntiles = plan.tiling.ntiles;
+    auto reduce = [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) {
+        float acc = part[e];
+        for (int64_t t = 1; t < ntiles; ++t) acc += part[t * n_refs + e];
+        grad_v[slot_of[e]] = acc;
+      }
+    };
+    pool.Shard(n_refs, ntiles + 4, reduce);
   }
 };
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/profile.h"
+#include "common/row_dots.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "common/threading.h"
@@ -196,51 +197,24 @@ inline void AddRows(const float* G, int64_t wp, const Event* ev, int64_t n, int6
 
 // For NE (<= 4) events of one presynaptic neuron: adds the dot product of
 // its weight row w with each event's gI row to the event's ds partial, and
-// adds the gI rows of the transmitted ones (if kTx: any of them is) to its
-// gradient row dr. Grouping loads w and dr once per chunk for all NE events
-// instead of once per event, and Sum4 reduces the NE dot vectors together
-// instead of one horizontal sum per event and tile.
-template <int NE, bool kTx>
-inline void DotEvents(const float* __restrict w, const float* G, int64_t wp, const Event* ev,
-                      int64_t nch, float* __restrict dr, float* dsp) {
-  const float* g[NE];
-  Vf tx[NE], d[4];
-#pragma GCC unroll 4
-  for (int q = 0; q < NE; ++q) {
-    g[q] = G + (ev[q].row_tx >> 1) * wp;
-    // 1 or 0: r + g * tx is exactly r + g or r, fused or not.
-    tx[q] = Splat(static_cast<float>(ev[q].row_tx & 1));
-  }
-#pragma GCC unroll 4
-  for (int q = 0; q < 4; ++q) d[q] = Splat(0.f);
-  for (int64_t c = 0; c < nch; ++c) {
-    const int64_t i = c * kLanes;
-    const Vf wv = Load(w + i);
-    Vf r = kTx ? Load(dr + i) : Splat(0.f);
-#pragma GCC unroll 4
-    for (int q = 0; q < NE; ++q) {
-      const Vf gv = Load(g[q] + i);
-      d[q] += wv * gv;
-      if (kTx) r += gv * tx[q];
-    }
-    if (kTx) Store(dr + i, r);
-  }
-  float sums[4];
-  Sum4(d[0], d[1], d[2], d[3], sums);
-#pragma GCC unroll 4
-  for (int q = 0; q < NE; ++q) dsp[ev[q].out] += sums[q];
-}
-
+// adds the gI rows of the transmitted ones to its gradient row dr (the
+// factor is 1 or 0: r + g * tx is exactly r + g or r, fused or not).
 template <int NE>
 inline void DotEventsTx(const float* w, const float* G, int64_t wp, const Event* ev, int64_t nch,
                         float* dr, float* dsp) {
-  bool tx = false;
-  for (int q = 0; q < NE; ++q) tx |= (ev[q].row_tx & 1) != 0;
-  if (tx) {
-    DotEvents<NE, true>(w, G, wp, ev, nch, dr, dsp);
-  } else {
-    DotEvents<NE, false>(w, G, wp, ev, nch, dr, dsp);
+  const float* g[NE];
+  Vf tx[NE];
+  bool any = false;
+#pragma GCC unroll 4
+  for (int q = 0; q < NE; ++q) {
+    g[q] = G + (ev[q].row_tx >> 1) * wp;
+    tx[q] = Splat(static_cast<float>(ev[q].row_tx & 1));
+    any |= (ev[q].row_tx & 1) != 0;
   }
+  float sums[4];
+  DotAxpyRowsIfAny<NE>(w, g, tx, any, nch, dr, sums);
+#pragma GCC unroll 4
+  for (int q = 0; q < NE; ++q) dsp[ev[q].out] += sums[q];
 }
 
 void BackwardTile(const BwdPass& P, int64_t tile, int64_t blk0, int64_t blk1, int64_t range, float* dsp,

@@ -177,6 +177,54 @@ def test_matmul_grad_matches_numpy(seed, size):
     assert np.all(gv.numpy()[ids < 0] == 0.0)
 
 
+MATMUL_GRAD_EDGE_SIZES = [
+    # (B, K, n_in, n_out) for the tiled gradient kernel: an empty batch (a
+    # worker's share can be empty), K = 1, K = n_in, widths below, at and
+    # just past one 16-lane chunk, a width of 0, and a batch of several
+    # blocks of rows (8 column tiles of 48 lanes: 2730 rows per block).
+    (0, 3, 5, 7),
+    (7, 1, 9, 5),
+    (6, 12, 12, 17),
+    (4, 4, 3, 16),
+    (5, 3, 6, 0),
+    (3000, 2, 20, 300),
+]
+
+
+@pytest.mark.parametrize("size", MATMUL_GRAD_EDGE_SIZES)
+def test_matmul_grad_edge_shapes(lib, size):
+    batch, capacity, n_in, n_out = size
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(n_in, n_out)).astype(np.float32)
+    if batch:
+        ids, count, values = random_spikes(rng, batch, capacity, n_in)
+    else:
+        ids, count, values = (np.zeros((0, capacity), np.int32), np.zeros(0, np.int32),
+                              np.zeros((0, capacity), np.float32))
+    gy = rng.normal(size=(batch, n_out)).astype(np.float32)
+    gw, gv = lib.snn_sparse_binary_matmul_grad(w, ids, count, values, gy)
+    assert gw.shape == (n_in, n_out) and gv.shape == (batch, capacity)
+    ref_gw, ref_gv = ref_matmul_grad(w, ids, count, values, gy)
+    np.testing.assert_allclose(gw.numpy(), ref_gw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gv.numpy(), ref_gv, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_grad_steps_without_spikes(lib):
+    # Rows with only carriers and padding: no weight gradient at all, but
+    # the carriers still get their dot products.
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(25, 40)).astype(np.float32)
+    ids = np.stack([rng.permutation(25)[:6] for _ in range(10)]).astype(np.int32)
+    ids[:, 4:] = -1
+    count = np.zeros(10, np.int32)
+    values = np.zeros((10, 6), np.float32)
+    gy = rng.normal(size=(10, 40)).astype(np.float32)
+    gw, gv = lib.snn_sparse_binary_matmul_grad(w, ids, count, values, gy)
+    assert np.all(gw.numpy() == 0.0)
+    _, ref_gv = ref_matmul_grad(w, ids, count, values, gy)
+    np.testing.assert_allclose(gv.numpy(), ref_gv, rtol=1e-5, atol=1e-5)
+
+
 def test_matmul_grad_carriers_and_padding_hand_example(lib):
     w = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]], np.float32)
     ids = np.array([[1, 3, -1], [2, 0, 3]], np.int32)  # row 0: 1 spike, 1 carrier, pad
